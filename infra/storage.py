@@ -1,0 +1,277 @@
+"""One way to address storage: a URI resolved once to a pyarrow filesystem.
+
+Accepted forms: ``/abs/path``, ``relative/path``, ``file:///abs/path`` and
+``s3://bucket/prefix``.  Everything else in the project (data cache, model
+registry, scoring inputs and outputs) goes through :func:`resolve` and the
+helpers below, so local disk and S3-compatible stores (MinIO, SeaweedFS, AWS)
+share a single code path.
+
+S3 settings never travel as parameters: the endpoint and keys come from the
+environment / standard AWS config (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``,
+``~/.aws/credentials`` …), from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``,
+or from a Prefect block named by ``REVIEWS_S3_BLOCK`` (prefect-aws
+``MinIOCredentials`` or ``AwsCredentials``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+
+class StorageError(RuntimeError):
+    """A storage location could not be reached or used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint: str | None
+    region: str
+    access_key: str | None
+    secret_key: str | None
+    session_token: str | None
+
+    def __repr__(self) -> str:  # never show secrets in logs or tracebacks
+        return f"S3Settings(endpoint={self.endpoint!r}, region={self.region!r}, access_key=***)"
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved storage URI: a pyarrow filesystem plus a path inside it."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def join(self, *parts: str) -> "Location":
+        for p in parts:
+            _check_relative(p)
+        path = posixpath.join(self.path, *parts)
+        uri = self.uri.rstrip("/") + "/" + "/".join(p.strip("/") for p in parts)
+        return Location(self.fs, path, uri)
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def _check_relative(part: str) -> None:
+    # Paths built from user input (versions, part names) must stay inside their prefix.
+    segs = part.replace("\\", "/").split("/")
+    if part.startswith("/") or any(s == ".." for s in segs):
+        raise StorageError(f"path component {part!r} would escape its storage prefix")
+
+
+def s3_settings() -> S3Settings:
+    block_name = os.environ.get("REVIEWS_S3_BLOCK")
+    if block_name:
+        return _settings_from_prefect_block(block_name)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    import boto3  # resolves env vars, profiles and ~/.aws files the standard way
+
+    creds = boto3.Session().get_credentials()
+    if creds is None:
+        return S3Settings(endpoint, region, None, None, None)
+    frozen = creds.get_frozen_credentials()
+    return S3Settings(endpoint, region, frozen.access_key, frozen.secret_key, frozen.token)
+
+
+def _settings_from_prefect_block(name: str) -> S3Settings:
+    from prefect.blocks.core import Block
+
+    block = Block.load(name)
+    fields = type(block).__name__
+    if fields == "MinIOCredentials":
+        endpoint = (block.aws_client_parameters.endpoint_url if block.aws_client_parameters else None)
+        return S3Settings(
+            endpoint,
+            block.region_name or "us-east-1",
+            block.minio_root_user,
+            block.minio_root_password.get_secret_value(),
+            None,
+        )
+    if fields == "AwsCredentials":
+        endpoint = (block.aws_client_parameters.endpoint_url if block.aws_client_parameters else None)
+        return S3Settings(
+            endpoint,
+            block.region_name or "us-east-1",
+            block.aws_access_key_id,
+            block.aws_secret_access_key.get_secret_value() if block.aws_secret_access_key else None,
+            block.aws_session_token,
+        )
+    raise StorageError(f"Prefect block {name!r} is a {fields}; expected MinIOCredentials or AwsCredentials")
+
+
+def s3_filesystem(settings: S3Settings | None = None) -> pafs.S3FileSystem:
+    s = settings or s3_settings()
+    kwargs: dict[str, Any] = dict(
+        region=s.region,
+        # Standard retry strategy covers 5xx, throttling and connection resets.
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=5),
+        connect_timeout=5,
+        request_timeout=60,
+        force_virtual_addressing=False,  # path-style: MinIO/SeaweedFS-friendly
+        check_directory_existence_before_creation=False,
+        allow_bucket_creation=False,
+        allow_bucket_deletion=False,
+    )
+    if s.access_key:
+        kwargs.update(access_key=s.access_key, secret_key=s.secret_key)
+        if s.session_token:
+            kwargs["session_token"] = s.session_token
+    if s.endpoint:
+        parsed = urlparse(s.endpoint if "://" in s.endpoint else f"http://{s.endpoint}")
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme or "http"
+    return pafs.S3FileSystem(**kwargs)
+
+
+@lru_cache(maxsize=8)
+def _cached_s3(settings: S3Settings) -> pafs.S3FileSystem:
+    return s3_filesystem(settings)
+
+
+def resolve(uri: "str | os.PathLike[str] | Location") -> Location:
+    """Resolve a storage URI once into a :class:`Location`."""
+    if isinstance(uri, Location):
+        return uri
+    text = os.fspath(uri)
+    if not text:
+        raise StorageError("empty storage URI")
+    parsed = urlparse(text)
+    if parsed.scheme in ("s3", "s3a"):
+        bucket = parsed.netloc
+        if not bucket:
+            raise StorageError(f"{text!r}: an S3 URI needs a bucket, e.g. s3://bucket/prefix")
+        key = parsed.path.strip("/")
+        path = f"{bucket}/{key}" if key else bucket
+        return Location(_cached_s3(s3_settings()), path, f"s3://{path}")
+    if parsed.scheme == "file":
+        text = parsed.path
+    elif parsed.scheme and len(parsed.scheme) > 1:
+        raise StorageError(f"{text!r}: unsupported URI scheme {parsed.scheme!r} (use a path, file:// or s3://)")
+    path = os.path.abspath(os.path.expanduser(text))
+    return Location(pafs.LocalFileSystem(), path, path)
+
+
+def describe_error(loc: Location, exc: BaseException) -> StorageError:
+    """Turn an Arrow/OS error into one line naming the location, without credentials."""
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    low = msg.lower()
+    if any(k in low for k in ("access denied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden", "403")):
+        hint = " (check the S3 access key and secret in the environment / AWS config / Prefect block)"
+    elif "nosuchbucket" in low or "bucket does not exist" in low:
+        hint = " (the bucket does not exist; create it first)"
+    elif "connect" in low or "curl" in low:
+        hint = " (is the S3 endpoint reachable? set AWS_ENDPOINT_URL_S3)"
+    else:
+        hint = ""
+    return StorageError(f"{loc.uri}: {msg}{hint}")
+
+
+def exists(loc: Location) -> bool:
+    try:
+        return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
+    except (OSError, pa.ArrowException) as exc:
+        raise describe_error(loc, exc) from exc
+
+
+def read_bytes(loc: Location) -> bytes:
+    try:
+        with loc.fs.open_input_stream(loc.path) as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{loc.uri}: not found") from exc
+    except (OSError, pa.ArrowException) as exc:
+        raise describe_error(loc, exc) from exc
+
+
+def read_json(loc: Location) -> Any:
+    return json.loads(read_bytes(loc))
+
+
+def ensure_dir(loc: Location) -> None:
+    if loc.is_local:
+        os.makedirs(loc.path, exist_ok=True)
+
+
+def atomic_write(loc: Location, write: "bytes | Callable[[pa.NativeFile], None]") -> None:
+    """Publish ``loc`` all at once: readers see the old object or the new one, never a part.
+
+    On S3 an object appears only when its PUT / multipart upload completes, so the
+    stream is written in place; on a filesystem a temporary sibling is renamed over.
+    """
+    target = loc.path
+    tmp = target
+    if loc.is_local:
+        parent = posixpath.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(target)}")
+    try:
+        with loc.fs.open_output_stream(tmp) as out:
+            if isinstance(write, (bytes, bytearray, memoryview)):
+                out.write(write)
+            else:
+                write(out)
+        if tmp != target:
+            os.replace(tmp, target)
+    except BaseException as exc:
+        if tmp != target and os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(exc, (OSError, pa.ArrowException)) and not isinstance(exc, FileNotFoundError):
+            raise describe_error(loc, exc) from exc
+        raise
+
+
+def write_json(loc: Location, obj: Any) -> None:
+    atomic_write(loc, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def list_files(loc: Location, recursive: bool = True) -> list[pafs.FileInfo]:
+    """Files under ``loc`` (sorted by path); hidden temporaries are skipped."""
+    try:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=recursive, allow_not_found=True))
+    except (OSError, pa.ArrowException) as exc:
+        raise describe_error(loc, exc) from exc
+    files = [i for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(".tmp-")]
+    return sorted(files, key=lambda i: i.path)
+
+
+def list_dirs(loc: Location) -> list[str]:
+    try:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False, allow_not_found=True))
+    except (OSError, pa.ArrowException) as exc:
+        raise describe_error(loc, exc) from exc
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def delete_file(loc: Location) -> None:
+    try:
+        loc.fs.delete_file(loc.path)
+    except FileNotFoundError:
+        pass
+    except (OSError, pa.ArrowException) as exc:
+        raise describe_error(loc, exc) from exc
+
+
+def download(loc: Location, local_path: str) -> None:
+    pafs.copy_files(loc.path, local_path, source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
+
+
+def upload(local_path: str, loc: Location) -> None:
+    with open(local_path, "rb") as f:
+        data = f.read()
+    atomic_write(loc, data)
