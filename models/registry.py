@@ -1,0 +1,276 @@
+"""Versioned model registry on any storage URI (local directory or ``s3://bucket/prefix``).
+
+Layout under the registry root::
+
+    versions/<version>/model.keras          Keras model (loaded with safe_mode=True only)
+                      /model.onnx           fast inference export, parity-checked at registration
+                      /preprocessing.json   maxlen, padding, truncating, num_words, skip_top, ...
+                      /vocabulary.json      train-split vocabulary (absent for index-only data)
+                      /probe.npy, /probe_scores.npy   probe batch and Keras' scores for it
+                      /metadata.json        written LAST: the commit marker, with file checksums
+    champion.json                           the production version (atomic single write)
+    audit/<timestamp>-<action>.json         every champion change and gate decision
+
+A version folder without ``metadata.json`` is an unfinished registration and is
+invisible.  Files are checked against the checksums in ``metadata.json`` on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import secrets
+import tempfile
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from infra import storage
+from models.predictors import (
+    KerasPredictor,
+    OnnxPredictor,
+    ParityError,
+    Predictor,
+    check_parity,
+    export_onnx,
+    keras_reference,
+)
+from models.preprocessing import Preprocessing
+
+CHAMPION = "champion"
+_VERSION_FILES = ("model.keras", "model.onnx", "preprocessing.json", "vocabulary.json", "probe.npy",
+                  "probe_scores.npy")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation failed; the message names the registry and version."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pyarrow", "onnxruntime", "tf2onnx", "prefect"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _safe_load(path: str, what: str):
+    import keras
+
+    try:
+        # safe_mode refuses Lambda layers and any other deserialised Python code.
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except ValueError as exc:
+        raise RegistryError(f"{what} cannot be loaded with Keras safe_mode=True: {str(exc).splitlines()[0]}") from exc
+
+
+class ModelRegistry:
+    def __init__(self, uri: str | storage.Location):
+        self.root = storage.resolve(uri)
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({self.root.uri!r})"
+
+    # ---- paths ---------------------------------------------------------------
+    def _version_dir(self, version: str) -> storage.Location:
+        if not version or "/" in version or version.startswith("."):
+            raise RegistryError(f"{self.root.uri}: invalid version name {version!r}")
+        return self.root.join("versions", version)
+
+    # ---- registration --------------------------------------------------------
+    def register(
+        self,
+        model,
+        preprocessing: Preprocessing,
+        vocabulary: dict[str, Any] | None,
+        metadata: dict[str, Any],
+        probe: np.ndarray,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> str:
+        """Save a trained model as a new immutable version; returns its name.
+
+        The ONNX export must reproduce Keras on ``probe`` within 1e-5, else nothing is
+        committed.  The first version of an empty registry becomes champion.
+        """
+        version = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        vdir = self._version_dir(version)
+        reference = keras_reference(model, probe)
+        with tempfile.TemporaryDirectory(prefix="reviews-register-") as tmp:
+            keras_path, onnx_path = os.path.join(tmp, "model.keras"), os.path.join(tmp, "model.onnx")
+            model.save(keras_path)
+            _safe_load(keras_path, f"{self.root.uri}: the model to register")
+            export_onnx(model, onnx_path)
+            with open(keras_path, "rb") as f:
+                keras_bytes = f.read()
+            with open(onnx_path, "rb") as f:
+                onnx_bytes = f.read()
+        try:
+            parity = check_parity(OnnxPredictor(onnx_bytes), probe, reference)
+        except ParityError as exc:
+            raise RegistryError(f"{self.root.uri}: registration refused: {exc}") from exc
+        files: dict[str, bytes] = {
+            "model.keras": keras_bytes,
+            "model.onnx": onnx_bytes,
+            "preprocessing.json": storage.json_bytes(preprocessing.to_dict()),
+            "probe.npy": _npy_bytes(np.ascontiguousarray(probe, dtype=np.int32)),
+            "probe_scores.npy": _npy_bytes(reference),
+        }
+        if vocabulary is not None:
+            files["vocabulary.json"] = storage.json_bytes(vocabulary)
+        files.update(extra_files or {})
+        for name, data in files.items():
+            storage.atomic_write(vdir.join(name), data)
+        meta = dict(metadata)
+        meta.update(
+            version=version,
+            created_at=_now(),
+            preprocessing=preprocessing.to_dict(),
+            export={"format": "onnx", "parity_max_abs_delta": parity, "probe_rows": int(len(probe))},
+            libraries=library_versions(),
+            files={name: _sha256(data) for name, data in files.items()},
+        )
+        storage.write_json(vdir.join("metadata.json"), meta)  # the commit point
+        if self.champion() is None:
+            self.promote(version, reason="first registered version", actor="registry")
+        return version
+
+    # ---- reading -------------------------------------------------------------
+    def versions(self) -> list[dict[str, Any]]:
+        """Metadata of every committed version, oldest first."""
+        out = []
+        for name in storage.list_dirs(self.root.join("versions")):
+            meta_loc = self._version_dir(name).join("metadata.json")
+            if storage.exists(meta_loc):
+                out.append(storage.read_json(meta_loc))
+        return sorted(out, key=lambda m: m["version"])
+
+    def metadata(self, version: str) -> dict[str, Any]:
+        loc = self._version_dir(version).join("metadata.json")
+        try:
+            return storage.read_json(loc)
+        except FileNotFoundError:
+            raise RegistryError(f"{self.root.uri}: no model version {version!r}") from None
+
+    def champion(self) -> str | None:
+        loc = self.root.join("champion.json")
+        if not storage.exists(loc):
+            return None
+        return storage.read_json(loc)["version"]
+
+    def resolve(self, ref: str = CHAMPION) -> str:
+        """``champion``, ``latest`` or an exact version -> an exact, committed version."""
+        if ref == CHAMPION:
+            version = self.champion()
+            if version is None:
+                raise RegistryError(f"{self.root.uri}: the registry has no champion yet (train a model first)")
+            return version
+        if ref == "latest":
+            versions = self.versions()
+            if not versions:
+                raise RegistryError(f"{self.root.uri}: the registry is empty")
+            return versions[-1]["version"]
+        self.metadata(ref)
+        return ref
+
+    def read_file(self, version: str, name: str, meta: dict[str, Any] | None = None) -> bytes:
+        """A version's file, refused unless it matches the checksum recorded at registration."""
+        meta = meta or self.metadata(version)
+        expected = meta.get("files", {}).get(name)
+        if expected is None:
+            raise RegistryError(f"{self.root.uri}: version {version} has no file {name!r}")
+        data = storage.read_bytes(self._version_dir(version).join(name))
+        if _sha256(data) != expected:
+            raise RegistryError(
+                f"{self.root.uri}: {version}/{name} does not match the checksum recorded at registration; "
+                "refusing to load it")
+        return data
+
+    def preprocessing(self, version: str) -> Preprocessing:
+        return Preprocessing.from_dict(json.loads(self.read_file(version, "preprocessing.json")))
+
+    def vocabulary(self, version: str) -> dict[str, Any] | None:
+        meta = self.metadata(version)
+        if "vocabulary.json" not in meta.get("files", {}):
+            return None
+        return json.loads(self.read_file(version, "vocabulary.json", meta))
+
+    def probe(self, version: str) -> tuple[np.ndarray, np.ndarray]:
+        meta = self.metadata(version)
+        x = np.load(io.BytesIO(self.read_file(version, "probe.npy", meta)), allow_pickle=False)
+        y = np.load(io.BytesIO(self.read_file(version, "probe_scores.npy", meta)), allow_pickle=False)
+        return x, y
+
+    def load_keras(self, version: str):
+        data = self.read_file(version, "model.keras")
+        with tempfile.TemporaryDirectory(prefix="reviews-load-") as tmp:
+            path = os.path.join(tmp, "model.keras")
+            with open(path, "wb") as f:
+                f.write(data)
+            return _safe_load(path, f"{self.root.uri}: {version}/model.keras")
+
+    def load_predictor(self, version: str, kind: str = "auto") -> Predictor:
+        """A parity-checked predictor for ``version``: ONNX Runtime when possible, else Keras."""
+        if kind not in ("auto", "onnx", "keras"):
+            raise RegistryError(f"unknown predictor kind {kind!r}")
+        probe, reference = self.probe(version)
+        predictor: Predictor
+        if kind in ("auto", "onnx"):
+            try:
+                predictor = OnnxPredictor(self.read_file(version, "model.onnx"))
+            except ImportError:
+                if kind == "onnx":
+                    raise
+                predictor = KerasPredictor(self.load_keras(version))
+        else:
+            predictor = KerasPredictor(self.load_keras(version))
+        try:
+            check_parity(predictor, probe, reference)
+        except ParityError as exc:
+            raise RegistryError(f"{self.root.uri}: version {version}: {exc}") from exc
+        return predictor
+
+    # ---- champion ------------------------------------------------------------
+    def promote(self, version: str, reason: str, actor: str = "user", decision: dict | None = None) -> None:
+        self.metadata(version)  # must exist and be committed
+        previous = self.champion()
+        record = {"version": version, "previous": previous, "reason": reason, "actor": actor,
+                  "updated_at": _now()}
+        self.audit("promote", {**record, **({"decision": decision} if decision else {})})
+        storage.write_json(self.root.join("champion.json"), record)
+
+    def audit(self, action: str, record: dict[str, Any]) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        storage.write_json(self.root.join("audit", f"{stamp}-{secrets.token_hex(2)}-{action}.json"),
+                           {"action": action, **record})
+
+    def audit_log(self) -> list[dict[str, Any]]:
+        return [storage.read_json(storage.Location(self.root.fs, f.path, f.path))
+                for f in storage.list_files(self.root.join("audit"))]
+
+
+@lru_cache(maxsize=4)
+def cached_predictor(registry_uri: str, version: str, kind: str = "auto") -> Predictor:
+    """One predictor per process and model version (scoring workers reuse it across units)."""
+    return ModelRegistry(registry_uri).load_predictor(version, kind)

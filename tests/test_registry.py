@@ -1,0 +1,151 @@
+"""Model registry: save -> load -> same predictions, export parity, champion, safety."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from infra import storage
+from models.architecture import build_model
+from models.predictors import KerasPredictor, check_parity, keras_reference, probe_batch
+from models.presets import TrainConfig
+from models.registry import ModelRegistry, RegistryError
+
+CONFIG = TrainConfig(preset="seed", maxlen=8, embedding_dim=8, lstm_units=4)
+INPUT_DIM = 40
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    import keras
+
+    keras.utils.set_random_seed(1)
+    return build_model(CONFIG, INPUT_DIM)
+
+
+def _register(registry: ModelRegistry, model, **meta) -> str:
+    prep = CONFIG.preprocessing(vocab_size=INPUT_DIM)
+    probe = probe_batch(INPUT_DIM, CONFIG.maxlen, n=64)
+    vocab = {"words": [f"w{i}" for i in range(INPUT_DIM - 3)], "start_char": 1, "oov_char": 2, "index_from": 3}
+    return registry.register(model, prep, vocab, {"preset": "seed", "metrics": {"test_accuracy": 0.5}, **meta},
+                             probe)
+
+
+def _registry_roundtrip(uri: str, model) -> None:
+    registry = ModelRegistry(uri)
+    assert registry.versions() == []
+    with pytest.raises(RegistryError, match="no champion"):
+        registry.resolve("champion")
+
+    v1 = _register(registry, model)
+    assert registry.champion() == v1, "the first version becomes champion"
+    v2 = _register(registry, model)
+    assert registry.champion() == v1, "later versions do not take over without a promote step"
+    assert [m["version"] for m in registry.versions()] == [v1, v2]
+    assert registry.resolve("latest") == v2
+
+    meta = registry.metadata(v2)
+    assert meta["export"]["parity_max_abs_delta"] <= 1e-5
+    assert set(meta["files"]) >= {"model.keras", "model.onnx", "preprocessing.json", "vocabulary.json"}
+    assert meta["preprocessing"]["maxlen"] == CONFIG.maxlen
+    assert "keras" in meta["libraries"] and meta["created_at"]
+
+    x = probe_batch(INPUT_DIM, CONFIG.maxlen, n=100, seed=7)
+    expected = keras_reference(model, x)
+    loaded = registry.load_keras(v2)
+    np.testing.assert_allclose(keras_reference(loaded, x), expected, atol=1e-6)
+    fast = registry.load_predictor(v2)
+    assert fast.kind == "onnx"
+    assert np.max(np.abs(fast.predict(x) - expected)) <= 1e-5
+    assert registry.load_predictor(v2, kind="keras").kind == "keras"
+    assert registry.preprocessing(v2).maxlen == CONFIG.maxlen
+    assert registry.vocabulary(v2)["words"][0] == "w0"
+
+    registry.promote(v2, reason="test")
+    assert registry.champion() == v2
+    log = registry.audit_log()
+    assert [r["version"] for r in log if r["action"] == "promote"] == [v1, v2]
+
+
+def test_registry_roundtrip_local(tmp_path, tiny_model):
+    _registry_roundtrip(str(tmp_path / "registry"), tiny_model)
+    leftovers = [f for _, _, fs in os.walk(tmp_path) for f in fs if f.startswith(".tmp-")]
+    assert leftovers == []
+
+
+def test_registry_roundtrip_s3(s3_bucket, tiny_model):
+    _registry_roundtrip(f"{s3_bucket}/models", tiny_model)
+
+
+def test_unfinished_registration_is_invisible(tmp_path, tiny_model):
+    registry = ModelRegistry(str(tmp_path))
+    v1 = _register(registry, tiny_model)
+    # A crash before metadata.json is written leaves files but no version.
+    storage.atomic_write(registry.root.join("versions", "20990101-000000-dead00", "model.keras"), b"partial")
+    assert [m["version"] for m in registry.versions()] == [v1]
+    with pytest.raises(RegistryError, match="no model version"):
+        registry.resolve("20990101-000000-dead00")
+
+
+def test_tampered_file_is_refused(tmp_path, tiny_model):
+    registry = ModelRegistry(str(tmp_path))
+    v1 = _register(registry, tiny_model)
+    onnx_path = tmp_path / "versions" / v1 / "model.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(RegistryError, match="checksum"):
+        registry.load_predictor(v1)
+
+
+def test_lambda_layer_is_refused(tmp_path):
+    import keras
+
+    inputs = keras.Input((CONFIG.maxlen,), dtype="int32")
+    x = keras.layers.Embedding(INPUT_DIM, 4)(inputs)
+    x = keras.layers.Lambda(lambda t: t * 2.0)(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    registry = ModelRegistry(str(tmp_path))
+    with pytest.raises(RegistryError, match="safe_mode"):
+        _register(registry, model)
+    assert registry.versions() == []
+
+    # A Lambda model smuggled into a version folder (checksums forged to match) is still refused on load.
+    good = build_model(CONFIG, INPUT_DIM)
+    v1 = _register(registry, good)
+    path = tmp_path / "versions" / v1 / "model.keras"
+    model.save(str(path))
+    meta_path = tmp_path / "versions" / v1 / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    import hashlib
+
+    meta["files"]["model.keras"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(RegistryError, match="safe_mode"):
+        registry.load_keras(v1)
+
+
+def test_parity_failure_blocks_registration(tmp_path, tiny_model, monkeypatch):
+    # Corrupt the export step itself: a model whose ONNX graph differs from Keras must not register.
+    import models.registry as reg
+
+    other = build_model(CONFIG, INPUT_DIM)  # different random weights
+    other(np.zeros((1, CONFIG.maxlen), dtype=np.int32))
+    real_export = reg.export_onnx
+    monkeypatch.setattr(reg, "export_onnx", lambda model, path: real_export(other, path))
+    registry = ModelRegistry(str(tmp_path))
+    with pytest.raises(RegistryError, match="parity|differs"):
+        _register(registry, tiny_model)
+    assert registry.versions() == [] and registry.champion() is None
+
+
+def test_check_parity_detects_drift(tiny_model):
+    x = probe_batch(INPUT_DIM, CONFIG.maxlen, n=16)
+    ref = keras_reference(tiny_model, x)
+    assert check_parity(KerasPredictor(tiny_model), x, ref) <= 1e-5
+    from models.predictors import ParityError
+
+    with pytest.raises(ParityError):
+        check_parity(KerasPredictor(tiny_model), x, ref + 1e-3)
