@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -74,6 +75,60 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    from models.registry import ModelRegistry
+
+    registry = ModelRegistry(args.registry)
+    version = registry.resolve(args.version)
+    registry.promote(version, reason=args.reason or "promoted by hand", actor="cli")
+    _print_json({"champion": version, "registry": registry.root.uri})
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    from models.registry import ModelRegistry
+
+    registry = ModelRegistry(args.registry)
+    version = registry.rollback(reason=args.reason or "rolled back by hand", actor="cli")
+    _print_json({"champion": version, "registry": registry.root.uri})
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from flows.score import score_reviews
+
+    summary = score_reviews(
+        input=args.input, output=args.output, model=args.model, registry=args.registry,
+        batch_size=args.batch_size, threshold=args.threshold, id_column=args.id_column,
+        tokens_column=args.tokens_column, text_column=args.text_column, max_rows_per_unit=args.max_rows_per_unit,
+        max_reject_fraction=args.max_reject_fraction, overwrite=args.overwrite, predictor=args.predictor)
+    _print_json(summary)
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """The main job on embedded defaults: fetch data, train, register, score the test split."""
+    import os
+
+    from flows.retrain import retrain_sentiment
+    from flows.score import score_reviews
+    from infra.imdb import load_imdb
+    from infra.reviews_dump import write_imdb_split
+
+    imdb = load_imdb(args.data)
+    print(json.dumps({"data": imdb.summary()}, default=str), flush=True)
+    trained = retrain_sentiment(preset=args.preset, registry=args.registry, data=args.data)
+    print(json.dumps({"trained": trained}), flush=True)
+    dump = os.path.join(args.workdir, "imdb-test-dump")
+    write_imdb_split(imdb, "test", dump, rows_per_file=5000)
+    scored = score_reviews(input=dump, output=os.path.join(args.workdir, "imdb-test-scores"),
+                           model=trained["version"], registry=args.registry, overwrite=True)
+    _print_json({"version": trained["version"], "test_accuracy": trained["test_accuracy"],
+                 "test_auc": trained["test_auc"], "train_seconds": trained["train_seconds"],
+                 "scored": scored})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reviews", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -101,6 +156,38 @@ def build_parser() -> argparse.ArgumentParser:
     mlist.add_argument("--registry", default=default_registry())
     mlist.add_argument("--json", action="store_true")
     mlist.set_defaults(func=cmd_models_list)
+    promote = models.add_parser("promote", help="make VERSION the champion (audited)")
+    promote.add_argument("version")
+    promote.add_argument("--registry", default=default_registry())
+    promote.add_argument("--reason", default=None)
+    promote.set_defaults(func=cmd_models_promote)
+    rollback = models.add_parser("rollback", help="restore the previous champion (audited)")
+    rollback.add_argument("--registry", default=default_registry())
+    rollback.add_argument("--reason", default=None)
+    rollback.set_defaults(func=cmd_models_rollback)
+
+    score = sub.add_parser("score", help="score Parquet review dumps (file, directory/prefix or glob)")
+    score.add_argument("input", help="input URI: a .parquet file, a directory/prefix or a glob; path or s3://")
+    score.add_argument("output", help="output directory URI (path or s3://bucket/prefix)")
+    score.add_argument("--model", default="champion", help="champion | latest | an exact version")
+    score.add_argument("--registry", default=default_registry())
+    score.add_argument("--batch-size", type=int, default=8192)
+    score.add_argument("--threshold", type=float, default=0.5)
+    score.add_argument("--id-column", default="review_id")
+    score.add_argument("--tokens-column", default="tokens")
+    score.add_argument("--text-column", default=None, help="score raw text with the model's vocabulary")
+    score.add_argument("--max-rows-per-unit", type=int, default=200_000)
+    score.add_argument("--max-reject-fraction", type=float, default=0.05)
+    score.add_argument("--overwrite", action="store_true", help="redo units already committed")
+    score.add_argument("--predictor", default="auto", choices=["auto", "onnx", "keras"])
+    score.set_defaults(func=cmd_score)
+
+    quick = sub.add_parser("quickstart", help="fetch data, train, register, then score the IMDB test split")
+    quick.add_argument("--preset", default="seed", choices=["seed", "default"])
+    quick.add_argument("--registry", default=default_registry())
+    quick.add_argument("--data", default=default_data())
+    quick.add_argument("--workdir", default=os.path.expanduser("~/.imdb-reviews"))
+    quick.set_defaults(func=cmd_quickstart)
     return p
 
 
@@ -110,10 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from infra.imdb import DataError
     from infra.storage import StorageError
     from models.registry import RegistryError
+    from tasks.scoring import ScoringError
 
     try:
         return args.func(args)
-    except (DataError, StorageError, RegistryError, ValueError) as exc:
+    except (DataError, StorageError, RegistryError, ScoringError, ValueError, FileNotFoundError) as exc:
         print(f"reviews: error: {exc}", file=sys.stderr)
         return 2
 

@@ -171,9 +171,11 @@ def describe_error(loc: Location, exc: BaseException) -> StorageError:
     """Turn an Arrow/OS error into one line naming the location, without credentials."""
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     low = msg.lower()
-    if any(k in low for k in ("access denied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden", "403")):
+    # Arrow spells S3 error codes ACCESS_DENIED / NO_SUCH_BUCKET, boto AccessDenied: match without separators.
+    flat = "".join(ch for ch in low if ch.isalnum())
+    if any(k in flat for k in ("accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden")) or "403" in low:
         hint = " (check the S3 access key and secret in the environment / AWS config / Prefect block)"
-    elif "nosuchbucket" in low or "bucket does not exist" in low:
+    elif "nosuchbucket" in flat or "bucketdoesnotexist" in flat:
         hint = " (the bucket does not exist; create it first)"
     elif "connect" in low or "curl" in low:
         hint = " (is the S3 endpoint reachable? set AWS_ENDPOINT_URL_S3)"
@@ -182,11 +184,27 @@ def describe_error(loc: Location, exc: BaseException) -> StorageError:
     return StorageError(f"{loc.uri}: {msg}{hint}")
 
 
+def _require_bucket(loc: Location) -> None:
+    """On S3 a missing bucket reads like an empty prefix; a typo in the URI must not pass for "no data yet"."""
+    if loc.is_local:
+        return
+    bucket = loc.path.split("/", 1)[0]
+    try:
+        missing = loc.fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except (OSError, pa.ArrowException):
+        return  # e.g. keys allowed on objects but not on HeadBucket: keep the caller's answer
+    if missing:
+        raise StorageError(f"{loc.uri}: bucket {bucket!r} does not exist (create it first, or fix the URI)")
+
+
 def exists(loc: Location) -> bool:
     try:
-        return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
+        found = loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
     except (OSError, pa.ArrowException) as exc:
         raise describe_error(loc, exc) from exc
+    if not found:
+        _require_bucket(loc)
+    return found
 
 
 def read_bytes(loc: Location) -> bytes:
@@ -194,6 +212,7 @@ def read_bytes(loc: Location) -> bytes:
         with loc.fs.open_input_stream(loc.path) as f:
             return f.read()
     except FileNotFoundError as exc:
+        _require_bucket(loc)
         raise FileNotFoundError(f"{loc.uri}: not found") from exc
     except (OSError, pa.ArrowException) as exc:
         raise describe_error(loc, exc) from exc
@@ -220,6 +239,12 @@ def atomic_write(loc: Location, write: "bytes | Callable[[pa.NativeFile], None]"
         parent = posixpath.dirname(target)
         os.makedirs(parent, exist_ok=True)
         tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(target)}")
+    elif not isinstance(write, (bytes, bytearray, memoryview)):
+        # Closing an S3 stream completes the upload even after a failed writer, so
+        # render into memory first: a failure then never reaches the store.
+        buf = pa.BufferOutputStream()
+        write(buf)
+        write = buf.getvalue().to_pybytes()
     try:
         with loc.fs.open_output_stream(tmp) as out:
             if isinstance(write, (bytes, bytearray, memoryview)):
@@ -250,6 +275,8 @@ def list_files(loc: Location, recursive: bool = True) -> list[pafs.FileInfo]:
         infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=recursive, allow_not_found=True))
     except (OSError, pa.ArrowException) as exc:
         raise describe_error(loc, exc) from exc
+    if not infos:
+        _require_bucket(loc)
     files = [i for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(".tmp-")]
     return sorted(files, key=lambda i: i.path)
 
@@ -259,6 +286,8 @@ def list_dirs(loc: Location) -> list[str]:
         infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False, allow_not_found=True))
     except (OSError, pa.ArrowException) as exc:
         raise describe_error(loc, exc) from exc
+    if not infos:
+        _require_bucket(loc)
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
@@ -279,3 +308,18 @@ def upload(local_path: str, loc: Location) -> None:
     with open(local_path, "rb") as f:
         data = f.read()
     atomic_write(loc, data)
+
+
+_TRANSIENT_MARKERS = ("connection", "timeout", "timed out", "reset", "curl", "slowdown", "slow down", "throttl",
+                      "service unavailable", "internal error", "internalerror", " 500", " 502", " 503", " 504",
+                      "http response code: 5", "broken pipe", "temporarily")
+_PERMANENT_MARKERS = ("access denied", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden",
+                      "nosuchbucket", "not found", "does not exist")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: 5xx, throttling, resets and time-outs; never bad credentials or missing objects."""
+    text = " ".join(str(e).lower() for e in (exc, exc.__cause__) if e is not None)
+    if isinstance(exc, FileNotFoundError) or any(m in text for m in _PERMANENT_MARKERS):
+        return False
+    return any(m in text for m in _TRANSIENT_MARKERS)

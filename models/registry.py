@@ -260,6 +260,17 @@ class ModelRegistry:
         self.audit("promote", {**record, **({"decision": decision} if decision else {})})
         storage.write_json(self.root.join("champion.json"), record)
 
+    def rollback(self, reason: str = "rollback", actor: str = "user") -> str:
+        """Make the champion before the current one champion again."""
+        loc = self.root.join("champion.json")
+        if not storage.exists(loc):
+            raise RegistryError(f"{self.root.uri}: no champion to roll back from")
+        previous = storage.read_json(loc).get("previous")
+        if not previous:
+            raise RegistryError(f"{self.root.uri}: the champion has no predecessor to roll back to")
+        self.promote(previous, reason=reason, actor=actor)
+        return previous
+
     def audit(self, action: str, record: dict[str, Any]) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         storage.write_json(self.root.join("audit", f"{stamp}-{secrets.token_hex(2)}-{action}.json"),

@@ -1,0 +1,226 @@
+"""Scoring tasks: resolve the model, plan units, score a unit, publish the manifest."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from infra import dumps, progress, storage
+from models.registry import ModelRegistry, cached_predictor
+from models.scoring import BatchResult, ScoringSpec, SchemaError, check_schema, score_batch
+from tasks.reporting import logger, markdown, table
+
+
+class ScoringError(RuntimeError):
+    """The scoring run cannot go on or must fail (mixed outputs, too many rejects)."""
+
+
+def _retry_if_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - the state's own exception is what we classify
+        return storage.is_transient(exc)
+    return False
+
+
+TRANSIENT_RETRIES = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=1),
+                         retry_jitter_factor=0.5, retry_condition_fn=_retry_if_transient)
+
+
+@task(name="resolve-model", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def resolve_model(registry_uri: str, model: str = "champion") -> dict[str, Any]:
+    """``champion``/``latest``/a version -> the exact version, resolved once per run."""
+    registry = ModelRegistry(registry_uri)
+    version = registry.resolve(model)
+    meta = registry.metadata(version)
+    logger().info("scoring with model %s (%s) from %s", version, model, registry.root.uri)
+    return {"version": version, "registry": registry.root.uri, "preset": meta.get("preset"),
+            "preprocessing": meta["preprocessing"], "has_vocabulary": "vocabulary.json" in meta.get("files", {})}
+
+
+def part_name(unit_id: str) -> str:
+    return f"part-{unit_id}.parquet"
+
+
+@task(name="plan-scoring", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def plan_scoring(input_uri: str, output_uri: str, spec: ScoringSpec, max_rows_per_unit: int,
+                 overwrite: bool) -> dict[str, Any]:
+    """Find the inputs, read their footers, cut row-group units; refuse to mix outputs."""
+    base, files = dumps.find_inputs(input_uri)
+    fs = base.fs
+    plans = [dumps.plan_file(fs, f, max_rows_per_unit, lambda s: check_schema(s, spec)) for f in files]
+    for p in plans:
+        if p.error:
+            logger().error("cannot score %s", p.error)
+    units = [u for p in plans for u in p.units]
+    out = storage.resolve(output_uri)
+    wanted = {part_name(u.unit_id) for u in units}
+    existing = {i.base_name for i in storage.list_files(out, recursive=False)
+                if i.base_name.startswith("part-")}
+    stray = sorted(existing - wanted)
+    if stray and not overwrite:
+        raise ScoringError(
+            f"{out.uri} already holds {len(stray)} part(s) from other inputs (e.g. {stray[0]}); "
+            "use overwrite=true or another output")
+    return {
+        "input": input_uri,
+        "files": [{**asdict(p.file), "rows": p.rows, "row_groups": p.row_groups,
+                   "units": [u.unit_id for u in p.units], "error": p.error} for p in plans],
+        "units": [u.to_dict() for u in units],
+        "rows": sum(p.rows for p in plans if not p.error),
+    }
+
+
+@task(name="clear-output", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def clear_output(output_uri: str) -> int:
+    """overwrite=true: remove earlier parts, rejects and markers before scoring again."""
+    out = storage.resolve(output_uri)
+    removed = 0
+    for info in storage.list_files(out):
+        rel = info.path[len(out.path):].lstrip("/")
+        if rel.startswith(("part-", "_rejected/", "_manifest.json", "_SUCCESS")):
+            storage.delete_file(storage.Location(out.fs, info.path, info.path))
+            removed += 1
+    return removed
+
+
+def _unit_result(unit: dumps.Unit, meta: dict[str, Any], skipped: bool, seconds: float) -> dict[str, Any]:
+    return {"unit_id": unit.unit_id, "file": unit.file_uri, "row_groups": unit.row_groups,
+            "rows_in": meta["rows_in"], "rows_scored": meta["rows_scored"], "rows_rejected": meta["rows_rejected"],
+            "skipped": skipped, "seconds": round(seconds, 3), "error": meta.get("error")}
+
+
+@task(name="score-unit", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def score_unit(unit: dict[str, Any], output_uri: str, spec: ScoringSpec, registry_uri: str,
+               batch_size: int = 8192, predictor_kind: str = "auto") -> dict[str, Any]:
+    """Score one file x row-group range; publish its part atomically; return counts only."""
+    start = time.perf_counter()
+    u = dumps.Unit(**unit)
+    out = storage.resolve(output_uri)
+    part = out.join(part_name(u.unit_id))
+    done = dumps.part_metadata(part)
+    if done is not None:
+        if done.get("model_version") != spec.model_version:
+            raise ScoringError(
+                f"{part.uri} was scored by model {done.get('model_version')}, this run uses "
+                f"{spec.model_version}; use overwrite=true or another output")
+        progress.advance(done["rows_in"])
+        return _unit_result(u, done, skipped=True, seconds=time.perf_counter() - start)
+
+    predictor = cached_predictor(registry_uri, spec.model_version, predictor_kind)
+    fs = storage.resolve(u.file_uri).fs
+    scored = rejected = None
+    error = None
+    try:
+        for first_row, batch in dumps.iter_unit_batches(fs, u, [spec.id_column, spec.input_column], batch_size):
+            result: BatchResult = score_batch(batch, spec, predictor, source=u.file_uri, first_row=first_row)
+            if scored is None:
+                id_type = result.scored.schema.field("review_id").type
+                base = {"model_version": spec.model_version, "unit_id": u.unit_id, "source": u.file_uri}
+                scored = dumps.PartWriter(part, result.scored.schema, base)
+                rejected = dumps.PartWriter(out.join("_rejected", part_name(u.unit_id)),
+                                            result.rejected.schema, base)
+            scored.write(result.scored)
+            rejected.write(result.rejected)
+            progress.advance(batch.num_rows)
+    except (OSError, pa.ArrowException) as exc:
+        if storage.is_transient(exc):
+            raise
+        # Corrupt data inside a row group: the unit's rows cannot be read, so they are
+        # reported (not silently dropped) and the rest of the dump still scores.
+        error = f"{u.file_uri} row groups {u.row_groups[0]}-{u.row_groups[-1]}: {dumps._one_line(exc)}"
+        logger().error("cannot read %s", error)
+    if error is not None or scored is None:
+        schema_ids = pa.string() if scored is None else scored.schema.field("review_id").type
+        from models.scoring import output_schema, rejected_schema
+
+        scored = dumps.PartWriter(part, output_schema(schema_ids),
+                                  {"model_version": spec.model_version, "unit_id": u.unit_id, "source": u.file_uri})
+        rejected = dumps.PartWriter(out.join("_rejected", part_name(u.unit_id)), rejected_schema(schema_ids), {})
+    counts = {"rows_in": u.rows, "rows_scored": scored.rows,
+              "rows_rejected": u.rows - scored.rows if error else rejected.rows, "error": error}
+    if error is None and scored.rows + rejected.rows != u.rows:
+        raise ScoringError(f"{u.file_uri}: unit {u.unit_id} read {scored.rows + rejected.rows} rows, "
+                           f"footer says {u.rows}")
+    if rejected.rows:
+        rejected.commit(counts)
+    scored.commit(counts)  # the unit's commit point: its existence means "done"
+    return _unit_result(u, counts, skipped=False, seconds=time.perf_counter() - start)
+
+
+def _histogram(output_uri: str, bins: int = 10) -> list[int]:
+    import pyarrow.dataset as ds
+
+    out = storage.resolve(output_uri)
+    counts = np.zeros(bins, dtype=np.int64)
+    dataset = ds.dataset(out.path, filesystem=out.fs, format="parquet")
+    for batch in dataset.to_batches(columns=["score"]):
+        s = batch.column(0).to_numpy(zero_copy_only=False)
+        counts += np.histogram(s, bins=bins, range=(0.0, 1.0))[0]
+    return counts.tolist()
+
+
+@task(name="finalize-scoring", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def finalize(output_uri: str, plan: dict[str, Any], results: list[dict[str, Any]], model: dict[str, Any],
+             parameters: dict[str, Any], started_at: str, seconds: float,
+             max_reject_fraction: float) -> dict[str, Any]:
+    """Write ``_manifest.json`` and ``_SUCCESS``; publish artifacts; enforce the reject limit."""
+    out = storage.resolve(output_uri)
+    by_file: dict[str, dict[str, int]] = {}
+    for r in results:
+        f = by_file.setdefault(r["file"], {"rows_in": 0, "rows_scored": 0, "rows_rejected": 0})
+        for k in f:
+            f[k] += r[k]
+    files = []
+    for f in plan["files"]:
+        counts = by_file.get(f["uri"], {"rows_in": f["rows"] if not f["error"] else 0, "rows_scored": 0,
+                                        "rows_rejected": 0})
+        unit_errors = [r["error"] for r in results if r["file"] == f["uri"] and r["error"]]
+        files.append({**f, **counts, "error": f["error"] or ("; ".join(unit_errors) or None)})
+    totals = {k: sum(f[k] for f in files) for k in ("rows_in", "rows_scored", "rows_rejected")}
+    failed = [f for f in files if f["error"]]
+    hist = _histogram(output_uri)
+    manifest = {
+        "model": {"version": model["version"], "registry": model["registry"], "preset": model["preset"]},
+        "input": plan["input"],
+        "output": out.uri,
+        "parameters": parameters,
+        "inputs": files,
+        "units": results,
+        "totals": {**totals, "files": len(files), "files_failed": len(failed), "units": len(results),
+                   "units_skipped": sum(r["skipped"] for r in results)},
+        "score_histogram": {"bins": [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)], "counts": hist},
+        "timings": {"started_at": started_at, "finished_at": datetime.now(timezone.utc).isoformat(),
+                    "seconds": round(seconds, 3),
+                    "rows_per_second": round(totals["rows_in"] / seconds, 1) if seconds > 0 else None},
+    }
+    storage.write_json(out.join("_manifest.json"), manifest)
+    table("scoring-files", [{k: f[k] for k in ("uri", "rows_in", "rows_scored", "rows_rejected", "error")}
+                            for f in files], "Rows in / scored / rejected per input file")
+    markdown("scoring-summary", _summary_markdown(manifest), "Scoring totals, throughput and score histogram")
+    fraction = totals["rows_rejected"] / totals["rows_in"] if totals["rows_in"] else 0.0
+    if fraction > max_reject_fraction:
+        raise ScoringError(f"{fraction:.1%} of rows were rejected (limit {max_reject_fraction:.1%}); "
+                           f"see {out.uri}/_rejected/ and _manifest.json")
+    storage.atomic_write(out.join("_SUCCESS"), b"")
+    return manifest
+
+
+def _summary_markdown(m: dict[str, Any]) -> str:
+    t, tm = m["totals"], m["timings"]
+    peak = max(m["score_histogram"]["counts"]) or 1
+    hist = "\n".join(f"| {b} | {c:,} | {'█' * round(20 * c / peak)} |"
+                     for b, c in zip(m["score_histogram"]["bins"], m["score_histogram"]["counts"]))
+    return (f"## Scoring with model `{m['model']['version']}`\n\n"
+            f"| rows in | scored | rejected | files | failed files | seconds | rows/s |\n|---|---|---|---|---|---|---|\n"
+            f"| {t['rows_in']:,} | {t['rows_scored']:,} | {t['rows_rejected']:,} | {t['files']} | "
+            f"{t['files_failed']} | {tm['seconds']} | {tm['rows_per_second']} |\n\n"
+            f"### Score histogram\n\n| score | reviews | |\n|---|---|---|\n{hist}\n\nOutput: `{m['output']}`")
