@@ -9,7 +9,7 @@ from prefect import flow
 from infra.settings import default_data, default_registry
 from models.presets import get_preset
 from tasks.data import load_data, prepare
-from tasks.registry import register
+from tasks.registry import gate, register
 from tasks.training import evaluate, train
 
 
@@ -36,9 +36,12 @@ def retrain_sentiment(
     validation_split: float | None = None,
     early_stopping_patience: int | None = None,
     seed: int | None = None,
+    accuracy_tolerance: float = 0.0,
+    auc_tolerance: float = 0.0,
 ) -> dict[str, Any]:
     overrides = {k: v for k, v in locals().items()
-                 if k not in ("preset", "registry", "data", "cache_dir") and v is not None}
+                 if k not in ("preset", "registry", "data", "cache_dir", "accuracy_tolerance", "auc_tolerance")
+                 and v is not None}
     config = get_preset(preset, **overrides)
     registry_uri = registry or default_registry()
     imdb = load_data(data or default_data(), cache_dir)
@@ -46,8 +49,11 @@ def retrain_sentiment(
     result = train(ts, config)
     report = evaluate(result, ts)
     version = register(registry_uri, result, ts, config, report, imdb)
+    decision = gate(registry_uri, version, accuracy_tolerance, auc_tolerance)
     return {
         "version": version,
+        "promoted": decision["promote"],
+        "champion": version if decision["promote"] else decision["champion"],
         "test_accuracy": round(report["accuracy"], 4),
         "test_auc": round(report["auc"], 4),
         "train_seconds": report["train_seconds"],

@@ -25,7 +25,7 @@ class Preprocessing:
     truncating: str = "post"
     num_words: int | None = None  # None: the full vocabulary
     skip_top: int = 0
-    vocab_size: int = 0  # exclusive upper bound of valid indices (len(words) + index_from)
+    vocab_size: int = 0  # exclusive upper bound of valid indices (len(words) + index_from + 1)
     start_char: int = START
     oov_char: int = OOV
     index_from: int = INDEX_FROM

@@ -10,7 +10,8 @@ from prefect.cache_policies import NO_CACHE
 from infra.imdb import ImdbData
 from models.predictors import probe_batch
 from models.presets import TrainConfig
-from models.registry import ModelRegistry
+from models.promotion import decide, decision_markdown
+from models.registry import ModelRegistry, RegistryError
 from models.training import FitResult
 from tasks.data import TrainingSet
 from tasks.reporting import logger, markdown
@@ -47,3 +48,28 @@ def register(registry_uri: str, result: FitResult, ts: TrainingSet, config: Trai
              f"\n\nRegistered as `{version}` in `{registry.root.uri}`; learning curves and ROC: "
              f"`{registry.root.uri}/versions/{version}/report.png`.", "Training history and registration")
     return version
+
+
+@task(name="promotion-gate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+def gate(registry_uri: str, version: str, accuracy_tolerance: float = 0.0,
+         auc_tolerance: float = 0.0) -> dict[str, Any]:
+    """Promote the challenger only if it passes the gate; every decision is audited."""
+    registry = ModelRegistry(registry_uri)
+    challenger = registry.metadata(version)
+    champion_version = registry.champion()
+    champion = registry.metadata(champion_version) if champion_version else None
+    try:
+        registry.load_predictor(version)  # rebuilds the fast predictor and re-checks parity
+        parity_ok, detail = True, ""
+    except RegistryError as exc:
+        parity_ok, detail = False, str(exc)
+    decision = decide(challenger, champion, parity_ok, detail, accuracy_tolerance, auc_tolerance)
+    registry.audit("gate", decision)
+    if decision["promote"] and champion_version != version:
+        registry.promote(version, reason=decision["reason"], actor="retrain-sentiment", decision=decision)
+    log = logger()
+    (log.info if decision["promote"] else log.warning)("promotion gate: %s (%s)",
+                                                       "promoted" if decision["promote"] else "rejected",
+                                                       decision["reason"])
+    markdown("promotion-decision", decision_markdown(decision), "Challenger vs champion")
+    return decision
