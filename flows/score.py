@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -18,6 +19,19 @@ from models.scoring import ScoringSpec
 from tasks.scoring import clear_output, finalize, plan_scoring, resolve_model, score_unit
 
 
+def unit_runner(dask_address: str | None):
+    """Units run on an existing Dask cluster when one is named, else on local threads.
+
+    Units are coarse (file x row-group ranges) and return only counts, so even a large
+    dump stays a modest number of task runs with small results.
+    """
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=dask_address)
+    return ThreadPoolTaskRunner(max_workers=2)
+
+
 def _load_vocabulary(registry_uri: str, version: str):
     from models.text import Vocabulary
 
@@ -25,8 +39,7 @@ def _load_vocabulary(registry_uri: str, version: str):
     return Vocabulary.from_json(vocab) if vocab is not None else None
 
 
-@flow(name="score-reviews", validate_parameters=True, log_prints=True,
-      task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="score-reviews", validate_parameters=True, log_prints=True)
 def score_reviews(
     input: str,
     output: str,
@@ -41,6 +54,7 @@ def score_reviews(
     max_reject_fraction: float = 0.05,
     overwrite: bool = False,
     predictor: Literal["auto", "onnx", "keras"] = "auto",
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
     started_at = datetime.now(timezone.utc).isoformat()
     start = time.perf_counter()
@@ -64,9 +78,12 @@ def score_reviews(
         clear_output(output)
     plan = plan_scoring(input, output, spec, max_rows_per_unit, overwrite)
     bar = progress.bar(plan["rows"])
-    with bar if bar is not None else contextlib.nullcontext():
-        futures = score_unit.map(plan["units"], unmapped(output), unmapped(spec), unmapped(registry_uri),
-                                 unmapped(batch_size), unmapped(predictor))
+    runner = unit_runner(dask_address or os.environ.get("REVIEWS_DASK_ADDRESS"))
+    with runner, bar if bar is not None else contextlib.nullcontext():
+        futures = runner.map(score_unit, parameters={
+            "unit": plan["units"], "output_uri": unmapped(output), "spec": unmapped(spec),
+            "registry_uri": unmapped(registry_uri), "batch_size": unmapped(batch_size),
+            "predictor_kind": unmapped(predictor)})
         results = [f.result() for f in futures]
     manifest = finalize(output, plan, results, chosen, parameters, started_at, time.perf_counter() - start,
                         max_reject_fraction)

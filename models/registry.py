@@ -76,6 +76,15 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def _inference_copy(model):
+    """The model without its optimizer state: Adam's two slots would triple the file."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _safe_load(path: str, what: str):
     import keras
 
@@ -119,7 +128,12 @@ class ModelRegistry:
         reference = keras_reference(model, probe)
         with tempfile.TemporaryDirectory(prefix="reviews-register-") as tmp:
             keras_path, onnx_path = os.path.join(tmp, "model.keras"), os.path.join(tmp, "model.onnx")
-            model.save(keras_path)
+            try:
+                copy = _inference_copy(model)
+            except ValueError as exc:  # cloning deserialises too, and refuses Lambda layers
+                raise RegistryError(f"{self.root.uri}: the model to register cannot be loaded with Keras "
+                                    f"safe_mode=True: {str(exc).splitlines()[0]}") from exc
+            copy.save(keras_path)
             _safe_load(keras_path, f"{self.root.uri}: the model to register")
             export_onnx(model, onnx_path)
             with open(keras_path, "rb") as f:
