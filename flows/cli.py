@@ -197,11 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from infra.imdb import DataError
     from infra.storage import StorageError
     from models.registry import RegistryError
+    from prefect.exceptions import ParameterTypeError
+
     from tasks.scoring import ScoringError
 
     try:
         return args.func(args)
-    except (DataError, StorageError, RegistryError, ScoringError, ValueError, FileNotFoundError) as exc:
+    except (DataError, StorageError, RegistryError, ScoringError, ParameterTypeError, ValueError,
+            FileNotFoundError) as exc:
         print(f"reviews: error: {exc}", file=sys.stderr)
         return 2
 
