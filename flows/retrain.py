@@ -10,10 +10,11 @@ from infra.settings import default_data, default_registry
 from models.presets import get_preset
 from tasks.data import load_data, prepare
 from tasks.registry import gate, register
+from tasks.reporting import rename_run
 from tasks.training import evaluate, train
 
 
-@flow(name="retrain-sentiment", log_prints=True, validate_parameters=True)
+@flow(name="retrain-sentiment", log_prints=True, validate_parameters=True, flow_run_name="retrain-{preset}")
 def retrain_sentiment(
     preset: Literal["seed", "default"] = "seed",
     registry: str | None = None,
@@ -50,6 +51,8 @@ def retrain_sentiment(
     report = evaluate(result, ts)
     version = register(registry_uri, result, ts, config, report, imdb)
     decision = gate(registry_uri, version, accuracy_tolerance, auc_tolerance)
+    rename_run(f"retrain-{config.preset}-{version}-{'promoted' if decision['promote'] else 'rejected'}",
+               only_if_named=f"retrain-{preset}")
     return {
         "version": version,
         "promoted": decision["promote"],

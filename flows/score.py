@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from prefect import flow, unmapped
+from prefect import flow, tags, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from infra import progress
@@ -16,6 +16,7 @@ from infra.settings import default_registry
 from models.preprocessing import Preprocessing
 from models.registry import ModelRegistry
 from models.scoring import ScoringSpec
+from tasks.reporting import rename_run, short_uri
 from tasks.scoring import clear_output, finalize, plan_scoring, resolve_model, score_unit
 
 
@@ -39,7 +40,14 @@ def _load_vocabulary(registry_uri: str, version: str):
     return Vocabulary.from_json(vocab) if vocab is not None else None
 
 
-@flow(name="score-reviews", validate_parameters=True, log_prints=True)
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    p = flow_run.parameters
+    return f"score-{short_uri(p.get('input', '?'))}-{p.get('model', 'champion')}"
+
+
+@flow(name="score-reviews", validate_parameters=True, log_prints=True, flow_run_name=_run_name)
 def score_reviews(
     input: str,
     output: str,
@@ -65,6 +73,7 @@ def score_reviews(
         raise ValueError("batch_size and max_rows_per_unit must be >= 1")
     registry_uri = registry or default_registry()
     chosen = resolve_model(registry_uri, model)
+    rename_run(f"score-{short_uri(input)}-{chosen['version']}", only_if_named=_run_name())
     spec = ScoringSpec(
         preprocessing=Preprocessing.from_dict(chosen["preprocessing"]),
         model_version=chosen["version"],
@@ -79,7 +88,7 @@ def score_reviews(
     plan = plan_scoring(input, output, spec, max_rows_per_unit, overwrite)
     bar = progress.bar(plan["rows"])
     runner = unit_runner(dask_address or os.environ.get("REVIEWS_DASK_ADDRESS"))
-    with runner, bar if bar is not None else contextlib.nullcontext():
+    with runner, tags(f"model:{chosen['version']}"), bar if bar is not None else contextlib.nullcontext():
         futures = runner.map(score_unit, parameters={
             "unit": plan["units"], "output_uri": unmapped(output), "spec": unmapped(spec),
             "registry_uri": unmapped(registry_uri), "batch_size": unmapped(batch_size),

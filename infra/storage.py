@@ -310,16 +310,18 @@ def upload(local_path: str, loc: Location) -> None:
     atomic_write(loc, data)
 
 
-_TRANSIENT_MARKERS = ("connection", "timeout", "timed out", "reset", "curl", "slowdown", "slow down", "throttl",
-                      "service unavailable", "internal error", "internalerror", " 500", " 502", " 503", " 504",
-                      "http response code: 5", "broken pipe", "temporarily")
-_PERMANENT_MARKERS = ("access denied", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden",
-                      "nosuchbucket", "not found", "does not exist")
+# Matched against the message with separators removed: Arrow spells SLOW_DOWN, boto SlowDown.
+_TRANSIENT_MARKERS = ("connection", "timeout", "timedout", "reset", "curl", "slowdown", "throttl",
+                      "serviceunavailable", "internalerror", "httpresponsecode5", "brokenpipe", "temporarily",
+                      "requesttimeout", "503", "502", "504")
+_PERMANENT_MARKERS = ("accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden",
+                      "nosuchbucket", "notfound", "doesnotexist", "nosuchkey")
 
 
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: 5xx, throttling, resets and time-outs; never bad credentials or missing objects."""
     text = " ".join(str(e).lower() for e in (exc, exc.__cause__) if e is not None)
-    if isinstance(exc, FileNotFoundError) or any(m in text for m in _PERMANENT_MARKERS):
+    flat = "".join(ch for ch in text if ch.isalnum())
+    if isinstance(exc, FileNotFoundError) or any(m in flat for m in _PERMANENT_MARKERS):
         return False
-    return any(m in text for m in _TRANSIENT_MARKERS)
+    return any(m in flat for m in _TRANSIENT_MARKERS)

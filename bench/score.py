@@ -1,0 +1,524 @@
+#!/usr/bin/env python
+"""Benchmark: the ``score-reviews`` flow against the naive pandas + Keras script a user would write.
+
+    .venv/bin/python bench/score.py [--rows 200000] [--files 8] [--maxlen 50 [400 ...]]
+                                    [--registry DIR] [--workdir DIR] [--json PATH]
+
+Set-up (in this process, not measured):
+
+* a model: the ``seed`` preset (``--preset``) built with the real IMDB vocabulary size, random
+  seeded weights, registered in a temporary registry (ONNX export + parity check, as in
+  production); one model per ``--maxlen``.  ``--registry DIR`` benchmarks that registry's
+  ``--model`` (default: champion) instead.
+* review dumps: the 50,000 real IMDB token sequences (train + test) repeated and shuffled up to
+  ``--rows`` with new ``review_id`` values, written with :func:`infra.reviews_dump.write_dump` into
+  ``--files`` Parquet files with ``--row-group-rows`` row groups.
+
+Measured, each in its own fresh Python process (so peak RSS belongs to one pipeline):
+
+* ``ours``: ``score_reviews(input, output, model=<version>, registry=...)``, Parquet -> Parquet.
+  The child first runs an empty flow so the ephemeral Prefect API is up before the timed call:
+  ``prefect_startup_s`` is that warm-up, ``flow_call_s`` the scoring flow call alone.
+* ``naive``: ``pandas.read_parquet`` of the dump -> ``keras.utils.pad_sequences`` ->
+  ``model.predict(batch_size=--naive-batch-size)`` with the registry's Keras model ->
+  ``df[["review_id"]].assign(score=...).to_parquet``.
+* ``ours`` again on a dump of ``--flat-rows`` reviews (default: 10x fewer) to check that peak
+  memory does not grow with the input size.
+
+Both outputs are joined on ``review_id`` and the largest score difference is reported.  Every
+figure is measured in this run; ratios compare pipelines measured in this run on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DEFAULT_JSON = os.path.join(HERE, "results", "score.json")
+PARITY_LIMIT = 1e-5
+FLAT_TARGET = 1.2
+
+
+# --------------------------------------------------------------------------- helpers
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, in MiB.
+
+    ``VmHWM`` (the high-water mark of this process image) first: ``ru_maxrss`` survives ``exec``,
+    so in a child started by a big parent it reports the parent's peak when that is higher.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def current_rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        mem_gb = round(psutil.virtual_memory().total / 2**30, 1)
+        load = [round(x, 2) for x in psutil.getloadavg()]
+    except Exception:  # noqa: BLE001 - informational only
+        mem_gb, load = None, None
+    from models.registry import library_versions
+
+    libs = library_versions()
+    try:
+        from importlib.metadata import version
+
+        libs["pandas"] = version("pandas")
+    except Exception:  # noqa: BLE001
+        pass
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpu": cpu, "memory_gb": mem_gb, "load_average_at_start": load,
+            "python": platform.python_version(), "libraries": libs}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- set-up: model and dumps
+
+def register_random_model(registry_dir: str, preset: str, maxlen: int, imdb, seed: int) -> str:
+    """A model of the preset's architecture with seeded random weights, registered like a trained one."""
+    import keras
+    import numpy as np
+
+    from models.architecture import build_model
+    from models.predictors import probe_batch
+    from models.presets import get_preset
+    from models.preprocessing import to_matrix
+    from models.registry import ModelRegistry
+
+    config = get_preset(preset, maxlen=maxlen, seed=seed)
+    prep = config.preprocessing(vocab_size=imdb.vocab_size)
+    keras.utils.set_random_seed(seed)
+    model = build_model(config, prep.input_dim)
+    # The same probe as tasks/registry.py: real reviews plus random ones covering both padding sides.
+    probe = np.concatenate([to_matrix(imdb.test_tokens.slice(0, 128), prep),
+                            probe_batch(prep.input_dim, prep.maxlen, n=128, seed=seed)])
+    metadata = {"preset": config.preset, "hyperparameters": config.to_dict(),
+                "note": "benchmark model: random seeded weights, not trained",
+                "data": {"source": imdb.source, "vocab_size": imdb.vocab_size}}
+    return ModelRegistry(registry_dir).register(model, prep, None, metadata, probe)
+
+
+def sample_rows(n_source: int, n: int, seed: int):
+    """Indices into the source reviews: whole shuffled passes over all of them, cut to ``n``.
+
+    The first ``k`` indices do not depend on ``n``, so a smaller dump is a prefix of a larger one.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    passes = [rng.permutation(n_source) for _ in range(math.ceil(n / n_source))]
+    return np.concatenate(passes)[:n] if passes else np.zeros(0, dtype=np.int64)
+
+
+def write_bench_dump(imdb, rows: int, files: int, row_group_rows: int, out_dir: str, seed: int) -> dict[str, Any]:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from infra.reviews_dump import dump_table, write_dump
+
+    tokens = pa.concat_arrays([imdb.train_tokens, imdb.test_tokens])
+    labels = np.concatenate([imdb.train_labels, imdb.test_labels])
+    idx = sample_rows(len(tokens), rows, seed)
+    # New ids, increasing through the dump like a real export; 10**9 keeps them apart from the source's.
+    ids = np.arange(10**9, 10**9 + rows, dtype=np.int64)
+    table = dump_table(ids, pc.take(tokens, pa.array(idx)), labels[idx])
+    uris = write_dump(table, out_dir, rows_per_file=math.ceil(rows / files), row_group_size=row_group_rows)
+    lengths = pc.list_value_length(table.column("tokens")).to_numpy()
+    size = sum(os.path.getsize(u) for u in uris)
+    return {"dir": out_dir, "rows": rows, "files": len(uris), "row_group_rows": row_group_rows,
+            "bytes": size, "mean_tokens": round(float(lengths.mean()), 1),
+            "median_tokens": float(np.median(lengths))}
+
+
+# --------------------------------------------------------------------------- the measured children
+
+def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    from prefect import flow
+
+    from flows.score import score_reviews
+    import_s = time.perf_counter() - t0
+
+    @flow(name="bench-warm-up")
+    def warm_up() -> None:
+        """Starts the (ephemeral) Prefect API, so the timed call measures scoring only."""
+
+    t1 = time.perf_counter()
+    warm_up()
+    startup_s = time.perf_counter() - t1
+    rss_before = current_rss_mb()
+    t2 = time.perf_counter()
+    summary = score_reviews(input=spec["input"], output=spec["output"], model=spec["version"],
+                            registry=spec["registry"], batch_size=spec["batch_size"])
+    flow_call_s = time.perf_counter() - t2
+    return {"import_s": import_s, "prefect_startup_s": startup_s, "flow_call_s": flow_call_s,
+            "flow_body_s": summary["seconds"], "work_s": flow_call_s,
+            "rows_in": summary["rows_in"], "rows_scored": summary["rows_scored"],
+            "rows_rejected": summary["rows_rejected"], "rss_before_work_mb": rss_before}
+
+
+def child_naive(spec: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    import keras
+    import numpy as np
+    import pandas as pd
+
+    from models.registry import ModelRegistry
+    import_s = time.perf_counter() - t0
+    rss_before = current_rss_mb()
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        timings[name] = now - t
+        t = now
+
+    registry = ModelRegistry(spec["registry"])
+    model = registry.load_keras(spec["version"])
+    prep = registry.preprocessing(spec["version"])
+    lap("load_model_s")
+    df = pd.read_parquet(spec["input"])
+    lap("read_s")
+    x = keras.utils.pad_sequences(df.tokens, maxlen=prep.maxlen, padding=prep.padding,
+                                  truncating=prep.truncating)
+    if prep.num_words is not None or prep.skip_top:
+        # The vocabulary cut of keras.datasets.imdb.load_data; tokens are never 0, padding is.
+        upper = prep.input_dim
+        x[(x != 0) & ((x < prep.skip_top) | (x >= upper))] = prep.oov_char
+    lap("pad_s")
+    scores = model.predict(x, batch_size=spec["naive_batch_size"], verbose=0).reshape(-1)
+    lap("predict_s")
+    os.makedirs(spec["output"], exist_ok=True)
+    df[["review_id"]].assign(score=scores).to_parquet(os.path.join(spec["output"], "scores.parquet"))
+    lap("write_s")
+    return {"import_s": import_s, **timings, "work_s": sum(timings.values()),
+            "rows_in": int(len(df)), "rows_scored": int(len(scores)), "rows_rejected": 0,
+            "rss_before_work_mb": rss_before}
+
+
+CHILDREN = {"ours": child_ours, "naive": child_naive}
+
+
+def run_child_main(spec_path: str) -> None:
+    with open(spec_path) as f:
+        spec = json.load(f)
+    result = CHILDREN[spec["pipeline"]](spec)
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open(spec["result"], "w") as f:
+        json.dump(result, f)
+
+
+def run_child(pipeline: str, spec: dict[str, Any], workdir: str, name: str, env: dict[str, str]) -> dict[str, Any]:
+    """Runs one pipeline in a fresh interpreter; returns its figures plus the wall time of the process."""
+    spec = {**spec, "pipeline": pipeline, "result": os.path.join(workdir, f"{name}.result.json")}
+    spec_path = os.path.join(workdir, f"{name}.spec.json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    log_path = os.path.join(workdir, f"{name}.log")
+    log(f"{name}: {pipeline} pipeline on {spec['rows']:,} reviews (log: {log_path})")
+    start = time.perf_counter()
+    with open(log_path, "w") as out:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", spec_path],
+                              stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+    process_s = time.perf_counter() - start
+    if proc.returncode != 0 or not os.path.exists(spec["result"]):
+        with open(log_path) as f:
+            tail = f.read()[-4000:]
+        raise SystemExit(f"{name} failed (exit code {proc.returncode}); end of {log_path}:\n{tail}")
+    with open(spec["result"]) as f:
+        result = json.load(f)
+    rows = spec["rows"]
+    if result["rows_scored"] != rows:
+        raise SystemExit(f"{name}: scored {result['rows_scored']:,} of {rows:,} rows "
+                         f"({result['rows_rejected']:,} rejected); see {log_path}")
+    result.update(pipeline=pipeline, rows=rows, process_s=process_s,
+                  work_reviews_per_s=rows / result["work_s"], process_reviews_per_s=rows / process_s)
+    log(f"{name}: {result['work_reviews_per_s']:,.0f} reviews/s (work), "
+        f"{result['process_reviews_per_s']:,.0f} reviews/s (process), peak RSS {result['peak_rss_mb']:,.0f} MB")
+    return result
+
+
+# --------------------------------------------------------------------------- comparing outputs
+
+def max_score_delta(ours_dir: str, naive_dir: str) -> tuple[float, int]:
+    """Largest |ours - naive| after joining on review_id; also the number of joined rows."""
+    import numpy as np
+    import pyarrow.dataset as ds
+
+    # pyarrow's dataset discovery skips _rejected/, _manifest.json and _SUCCESS (the "_" prefix).
+    ours = ds.dataset(ours_dir, format="parquet").to_table(columns=["review_id", "score"])
+    naive = ds.dataset(naive_dir, format="parquet").to_table(columns=["review_id", "score"])
+    joined = ours.join(naive, "review_id", join_type="inner", left_suffix="_ours", right_suffix="_naive")
+    if joined.num_rows != ours.num_rows or joined.num_rows != naive.num_rows:
+        raise SystemExit(f"outputs do not join one to one: ours {ours.num_rows:,}, naive {naive.num_rows:,}, "
+                         f"joined {joined.num_rows:,}")
+    a = joined.column("score_ours").to_numpy().astype(np.float64)
+    b = joined.column("score_naive").to_numpy().astype(np.float64)
+    return (float(np.max(np.abs(a - b))) if len(a) else 0.0), joined.num_rows
+
+
+# --------------------------------------------------------------------------- report
+
+def fmt_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    cells = [[h for _, h in columns]] + [[str(r.get(k, "")) for k, _ in columns] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(line, widths)))
+             for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def table_row(case: str, r: dict[str, Any]) -> dict[str, Any]:
+    return {"case": case, "pipeline": r["pipeline"], "reviews": f"{r['rows']:,}",
+            "work_s": f"{r['work_s']:.1f}", "work_rps": f"{r['work_reviews_per_s']:,.0f}",
+            "process_s": f"{r['process_s']:.1f}", "process_rps": f"{r['process_reviews_per_s']:,.0f}",
+            "startup_s": f"{r['import_s'] + r.get('prefect_startup_s', 0.0):.1f}",
+            "peak_rss_mb": f"{r['peak_rss_mb']:,.0f}"}
+
+
+TABLE_COLUMNS = [("case", "case"), ("pipeline", "pipeline"), ("reviews", "reviews"),
+                 ("work_s", "work s"), ("work_rps", "reviews/s (work)"),
+                 ("process_s", "process s"), ("process_rps", "reviews/s (process)"),
+                 ("startup_s", "imports+Prefect s"), ("peak_rss_mb", "peak RSS MB")]
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=200_000, help="reviews in the main dump (default 200,000)")
+    p.add_argument("--files", type=int, default=8, help="Parquet files per dump (default 8)")
+    p.add_argument("--row-group-rows", type=int, default=10_000,
+                   help="rows per Parquet row group (default 10,000, about 9 MB of tokens)")
+    p.add_argument("--maxlen", type=int, nargs="+", default=None,
+                   help="maxlen of the benchmark model(s); the first is the main case, others are extra "
+                        "cases (default: the preset's, 50 for seed), e.g. --maxlen 50 400")
+    p.add_argument("--long-rows", type=int, default=None,
+                   help="reviews for the extra --maxlen cases (default: rows x main maxlen / maxlen, "
+                        "so each case costs about the same)")
+    p.add_argument("--preset", default="seed", help="architecture of the benchmark model (default seed)")
+    p.add_argument("--registry", default=None, help="benchmark this registry's model instead of a random one")
+    p.add_argument("--model", default="champion", help="with --registry: champion, latest or a version")
+    p.add_argument("--flat-rows", type=int, default=None,
+                   help="reviews of the memory-flatness dump (default rows/10; larger than --rows for a 10x "
+                        "larger check; 0 skips it)")
+    p.add_argument("--batch-size", type=int, default=8192, help="score_reviews batch_size (its default)")
+    p.add_argument("--naive-batch-size", type=int, default=1024, help="model.predict batch_size of the naive pipeline")
+    p.add_argument("--data", default="auto", help="IMDB data source for load_imdb (default auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default=None, help="keep models, dumps, outputs and logs here (default: a temp dir, "
+                                                  "removed at the end)")
+    p.add_argument("--json", default=DEFAULT_JSON, help=f"where to write the results (default {DEFAULT_JSON})")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for name in ("rows", "files", "row_group_rows", "batch_size", "naive_batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.flat_rows is None:
+        args.flat_rows = max(args.rows // 10, 1)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        run_child_main(args.child)
+        return 0
+
+    started = time.perf_counter()
+    own_workdir = args.workdir is None
+    workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="bench-score-"))
+    os.makedirs(workdir, exist_ok=True)
+    machine = machine_info()
+    log(f"{machine['nproc']} CPU(s) ({machine['cpu']}), load average {machine['load_average_at_start']}; "
+        f"workdir {workdir}")
+
+    # One Prefect home for the children of this run: its own SQLite database, not shared with other
+    # work on the machine; PREFECT_API_URL is dropped so every child uses an ephemeral API.
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=os.path.join(workdir, "prefect-home"), TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+
+    from infra.imdb import load_imdb
+    from models.presets import get_preset
+    from models.registry import ModelRegistry
+
+    t = time.perf_counter()
+    imdb = load_imdb(args.data)
+    log(f"IMDB loaded in {time.perf_counter() - t:.1f} s: {len(imdb.train_labels) + len(imdb.test_labels):,} "
+        f"reviews, vocabulary size {imdb.vocab_size:,}")
+
+    # ---- models: one case per maxlen (or the given registry's model)
+    cases: list[dict[str, Any]] = []
+    if args.registry:
+        if args.maxlen:
+            log("--registry given: --maxlen is ignored (the model's own preprocessing applies)")
+        reg = ModelRegistry(args.registry)
+        version = reg.resolve(args.model)
+        prep = reg.preprocessing(version)
+        cases.append({"name": f"maxlen{prep.maxlen}", "registry": args.registry, "version": version,
+                      "maxlen": prep.maxlen, "rows": args.rows, "model": "registry " + args.model})
+    else:
+        main_maxlen = get_preset(args.preset).maxlen
+        maxlens = args.maxlen or [main_maxlen]
+        for i, maxlen in enumerate(maxlens):
+            rows = args.rows if i == 0 else (args.long_rows or max(args.files, round(args.rows * maxlens[0] / maxlen)))
+            reg_dir = os.path.join(workdir, f"registry-maxlen{maxlen}")
+            t = time.perf_counter()
+            version = register_random_model(reg_dir, args.preset, maxlen, imdb, args.seed)
+            log(f"registered a random {args.preset} model with maxlen {maxlen} as {version} "
+                f"({time.perf_counter() - t:.1f} s, includes the ONNX export)")
+            cases.append({"name": f"maxlen{maxlen}", "registry": reg_dir, "version": version, "maxlen": maxlen,
+                          "rows": rows, "model": f"random {args.preset}"})
+
+    # ---- dumps
+    dumps: dict[int, dict[str, Any]] = {}
+    for rows in sorted({c["rows"] for c in cases} | ({args.flat_rows} if args.flat_rows else set())):
+        t = time.perf_counter()
+        dumps[rows] = write_bench_dump(imdb, rows, args.files, args.row_group_rows,
+                                       os.path.join(workdir, f"dump-{rows}"), args.seed)
+        d = dumps[rows]
+        log(f"dump of {rows:,} reviews: {d['files']} files, {d['bytes'] / 2**20:,.0f} MB, tokens per review "
+            f"mean {d['mean_tokens']} / median {d['median_tokens']} ({time.perf_counter() - t:.1f} s)")
+    del imdb
+
+    # ---- measured runs
+    results: dict[str, Any] = {}
+    table: list[dict[str, Any]] = []
+    for i, case in enumerate(cases):
+        name = case["name"]
+        base = {"registry": case["registry"], "version": case["version"], "batch_size": args.batch_size,
+                "naive_batch_size": args.naive_batch_size}
+        dump = dumps[case["rows"]]
+        runs = {}
+        for pipeline in ("ours", "naive"):
+            out = os.path.join(workdir, f"out-{name}-{pipeline}")
+            shutil.rmtree(out, ignore_errors=True)
+            runs[pipeline] = run_child(pipeline, {**base, "input": dump["dir"], "output": out, "rows": case["rows"]},
+                                       workdir, f"{name}-{pipeline}", env)
+            runs[pipeline]["output"] = out
+        delta, joined = max_score_delta(runs["ours"]["output"], runs["naive"]["output"])
+        case_result = {
+            **case, "dump": dump, "ours": runs["ours"], "naive": runs["naive"],
+            "throughput_ratio_work": runs["ours"]["work_reviews_per_s"] / runs["naive"]["work_reviews_per_s"],
+            "throughput_ratio_process": runs["ours"]["process_reviews_per_s"] / runs["naive"]["process_reviews_per_s"],
+            "peak_rss_ratio_ours_over_naive": runs["ours"]["peak_rss_mb"] / runs["naive"]["peak_rss_mb"],
+            "max_abs_delta": delta, "joined_rows": joined, "parity_ok": delta <= PARITY_LIMIT,
+        }
+        log(f"{name}: ours/naive reviews/s = {case_result['throughput_ratio_work']:.2f}x (work), "
+            f"{case_result['throughput_ratio_process']:.2f}x (process); max |delta| = {delta:.3g} over {joined:,} rows")
+        table += [table_row(name, runs["ours"]), table_row(name, runs["naive"])]
+
+        if i == 0 and args.flat_rows:
+            flat_dump = dumps[args.flat_rows]
+            out = os.path.join(workdir, f"out-{name}-ours-flat")
+            shutil.rmtree(out, ignore_errors=True)
+            flat = run_child("ours", {**base, "input": flat_dump["dir"], "output": out, "rows": args.flat_rows},
+                             workdir, f"{name}-ours-{args.flat_rows}rows", env)
+            big, small = (runs["ours"], flat) if case["rows"] >= args.flat_rows else (flat, runs["ours"])
+            case_result["memory_flatness"] = {
+                "small_rows": small["rows"], "large_rows": big["rows"],
+                "small_peak_rss_mb": small["peak_rss_mb"], "large_peak_rss_mb": big["peak_rss_mb"],
+                "rows_ratio": big["rows"] / small["rows"],
+                "peak_rss_ratio": big["peak_rss_mb"] / small["peak_rss_mb"],
+                "target": FLAT_TARGET, "ok": big["peak_rss_mb"] / small["peak_rss_mb"] < FLAT_TARGET,
+                "run": flat,
+            }
+            table.append(table_row(f"{name} flat", flat))
+        results[name] = case_result
+
+    total_s = time.perf_counter() - started
+    report = {"benchmark": "score-reviews vs naive pandas + Keras", "machine": machine,
+              "arguments": {k: v for k, v in vars(args).items() if k != "child"},
+              "cases": results, "table": table, "total_seconds": total_s}
+
+    # ---- summary
+    print()
+    print(fmt_table(table, TABLE_COLUMNS))
+    print()
+    for name, r in results.items():
+        print(f"{name} ({r['model']}, version {r['version']}):")
+        print(f"  throughput ours/naive: {r['throughput_ratio_work']:.2f}x excluding imports and Prefect start-up, "
+              f"{r['throughput_ratio_process']:.2f}x whole process")
+        o = r["ours"]
+        print(f"  ours: flow call {o['flow_call_s']:.1f} s (flow body {o['flow_body_s']:.1f} s), Prefect start-up "
+              f"{o['prefect_startup_s']:.1f} s, imports {o['import_s']:.1f} s")
+        n = r["naive"]
+        print("  naive: " + ", ".join(f"{k[:-2]} {n[k]:.1f} s" for k in
+                                      ("load_model_s", "read_s", "pad_s", "predict_s", "write_s")) +
+              f", imports {n['import_s']:.1f} s")
+        print(f"  peak RSS ours {o['peak_rss_mb']:,.0f} MB, naive {n['peak_rss_mb']:,.0f} MB "
+              f"(ours/naive {r['peak_rss_ratio_ours_over_naive']:.2f}x)")
+        print(f"  max |score delta| after joining on review_id: {r['max_abs_delta']:.3g} "
+              f"({'ok' if r['parity_ok'] else 'FAIL'}, limit {PARITY_LIMIT:g})")
+        if "memory_flatness" in r:
+            m = r["memory_flatness"]
+            print(f"  memory flatness: peak RSS {m['small_peak_rss_mb']:,.0f} MB at {m['small_rows']:,} reviews, "
+                  f"{m['large_peak_rss_mb']:,.0f} MB at {m['large_rows']:,} ({m['rows_ratio']:.0f}x the rows): "
+                  f"{m['peak_rss_ratio']:.2f}x ({'ok' if m['ok'] else 'ABOVE'} target < {m['target']}x)")
+    print(f"total runtime {total_s:.0f} s")
+
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+        print(f"results written to {args.json}")
+    if own_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    ok = all(r["parity_ok"] for r in results.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Helpers shared by the reliability tests: a tiny registered model, tiny dumps,
+reading scoring output back, and running the ``reviews`` CLI as a real process.
+
+The model is the one tests/test_scoring.py uses (Embedding(15, 8) -> LSTM(4)),
+so registering it (Keras save + ONNX export + parity check) takes a second or two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from infra import storage
+from infra.reviews_dump import dump_table, write_dump
+from models.predictors import probe_batch
+from models.presets import TrainConfig
+from models.text import Vocabulary
+
+WORDS = ["the", "a", "good", "bad", "movie", "great", "awful", "plot", "actor", "boring", "fun", "and"]
+VOCAB = Vocabulary(words=tuple(WORDS))
+CONFIG = TrainConfig(preset="seed", maxlen=6, padding="post", truncating="post", embedding_dim=8, lstm_units=4)
+REPO = Path(__file__).resolve().parents[1]
+
+_models: dict[int, Any] = {}
+_lock = threading.Lock()
+
+
+def tiny_model(seed: int = 3):
+    """The same tiny network for a seed, built once per process."""
+    with _lock:
+        if seed not in _models:
+            import keras
+
+            from models.architecture import build_model
+
+            keras.utils.set_random_seed(seed)
+            _models[seed] = build_model(CONFIG, VOCAB.size)
+        return _models[seed]
+
+
+def register_tiny(registry_uri: str, seed: int = 3) -> str:
+    """Register the tiny model in ``registry_uri``; returns the new version."""
+    from models.registry import ModelRegistry
+
+    prep = CONFIG.preprocessing(vocab_size=VOCAB.size)
+    return ModelRegistry(registry_uri).register(tiny_model(seed), prep, VOCAB.to_json(), {"preset": "seed"},
+                                                probe_batch(VOCAB.size, CONFIG.maxlen, n=32))
+
+
+def random_tokens(rng: np.random.Generator, n: int, vocab: int = VOCAB.size, max_len: int = 12) -> pa.Array:
+    lengths = rng.integers(1, max_len, size=n)
+    values = rng.integers(3, vocab, size=int(lengths.sum())).astype(np.int32)
+    values[np.cumsum(lengths) - lengths] = 1  # start marker, as the Keras scheme has it
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def make_dump(uri: str, n: int = 700, files_rows: int = 250, rg: int = 60, seed: int = 0,
+              first_id: int = 1000) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    table = dump_table(np.arange(first_id, first_id + n), random_tokens(rng, n))
+    write_dump(table, uri, rows_per_file=files_rows, row_group_size=rg)
+    return table
+
+
+def read_output(uri: str) -> pa.Table:
+    """All scored parts under ``uri`` as one table (pyarrow skips ``_``/``.`` prefixed paths)."""
+    loc = storage.resolve(uri)
+    return ds.dataset(loc.path, filesystem=loc.fs, format="parquet").to_table()
+
+
+def part_versions(uri: str) -> dict[str, str | None]:
+    """part name -> model version in its footer metadata, for every committed part."""
+    from infra import dumps
+
+    out = storage.resolve(uri)
+    found = {}
+    for info in storage.list_files(out, recursive=False):
+        if info.base_name.startswith("part-"):
+            meta = dumps.part_metadata(storage.Location(out.fs, info.path, info.path))
+            found[info.base_name] = None if meta is None else meta.get("model_version")
+    return found
+
+
+def all_part_versions(uri: str) -> set[str]:
+    """Distinct model_version values in the data of every part (the column, not the footer)."""
+    t = read_output(uri)
+    return set(t.column("model_version").cast(pa.string()).to_pylist()) if t.num_rows else set()
+
+
+def manifest(uri: str) -> dict[str, Any]:
+    return storage.read_json(storage.resolve(uri).join("_manifest.json"))
+
+
+def assert_exactly_once(out_uri: str, expected_ids: list, version: str | None = None) -> pa.Table:
+    """The output holds every expected id exactly once, from one model version; manifest reconciles."""
+    t = read_output(out_uri)
+    ids = t.column("review_id").to_pylist()
+    assert len(ids) == len(set(ids)), f"duplicate ids in {out_uri}"
+    assert sorted(ids) == sorted(expected_ids), f"ids in {out_uri} differ from the input's"
+    versions = set(t.column("model_version").cast(pa.string()).to_pylist())
+    assert len(versions) <= 1, f"mixed model versions in {out_uri}: {versions}"
+    if version is not None:
+        assert versions == {version}
+    loc = storage.resolve(out_uri)
+    assert storage.exists(loc.join("_SUCCESS")), "no _SUCCESS marker"
+    m = manifest(out_uri)
+    for f in m["inputs"]:
+        assert f["rows_in"] == f["rows_scored"] + f["rows_rejected"], f
+    tot = m["totals"]
+    assert tot["rows_in"] == tot["rows_scored"] + tot["rows_rejected"] == len(expected_ids)
+    assert tot["rows_scored"] == len(ids)
+    if version is not None:
+        assert m["model"]["version"] == version
+    return t
+
+
+def write_table(path: str | os.PathLike, table: pa.Table, **kw) -> None:
+    pq.write_table(table, str(path), **kw)
+
+
+def prefect_api_url() -> str | None:
+    """The API URL of the running Prefect test harness (inside the ``prefect_api`` fixture)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """os.environ (AWS_* of the session S3 server included) + the harness' Prefect API URL."""
+    env = dict(os.environ)
+    url = prefect_api_url()
+    if url:
+        env["PREFECT_API_URL"] = url
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def reviews_cli() -> list[str]:
+    exe = Path(sys.executable).parent / "reviews"
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-m", "flows.cli"]
+
+
+def start_score(input_uri: str, output_uri: str, registry: str, *args: str, env: dict[str, str] | None = None,
+                log: Path | None = None) -> subprocess.Popen:
+    """``reviews score INPUT OUTPUT --registry R ARGS...`` as a real process (own session, for kill -9)."""
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(reviews_cli() + ["score", input_uri, output_uri, "--registry", registry, *args],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=env or subprocess_env(), cwd=str(REPO), start_new_session=True)
+    finally:
+        if log:
+            out.close()
+
+
+def last_json_line(text: str) -> dict[str, Any] | None:
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
