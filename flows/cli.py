@@ -129,6 +129,13 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import main as serve_main
+
+    serve_main(args.cron, args.timezone)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reviews", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -188,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--data", default=default_data())
     quick.add_argument("--workdir", default=os.path.expanduser("~/.imdb-reviews"))
     quick.set_defaults(func=cmd_quickstart)
+
+    srv = sub.add_parser("serve", help="serve score-reviews and the nightly retrain from this process")
+    srv.add_argument("--cron", default=None, help="nightly retrain schedule (default $REVIEWS_NIGHTLY_CRON or 0 3 * * *)")
+    srv.add_argument("--timezone", default=None, help="IANA time zone of the schedule (default UTC)")
+    srv.set_defaults(func=cmd_serve)
     return p
 
 
