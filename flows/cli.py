@@ -101,7 +101,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         input=args.input, output=args.output, model=args.model, registry=args.registry,
         batch_size=args.batch_size, threshold=args.threshold, id_column=args.id_column,
         tokens_column=args.tokens_column, text_column=args.text_column, max_rows_per_unit=args.max_rows_per_unit,
-        max_reject_fraction=args.max_reject_fraction, overwrite=args.overwrite, predictor=args.predictor)
+        max_reject_fraction=args.max_reject_fraction, overwrite=args.overwrite, predictor=args.predictor,
+        dask_address=args.dask_address)
     _print_json(summary)
     return 0
 
@@ -187,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--max-reject-fraction", type=float, default=0.05)
     score.add_argument("--overwrite", action="store_true", help="redo units already committed")
     score.add_argument("--predictor", default="auto", choices=["auto", "onnx", "keras"])
+    score.add_argument("--dask-address", default=None,
+                       help="run units on this Dask scheduler (default $REVIEWS_DASK_ADDRESS; else local threads)")
     score.set_defaults(func=cmd_score)
 
     quick = sub.add_parser("quickstart", help="fetch data, train, register, then score the IMDB test split")
