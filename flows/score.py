@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -17,7 +18,15 @@ from models.preprocessing import Preprocessing
 from models.registry import ModelRegistry
 from models.scoring import ScoringSpec
 from tasks.reporting import rename_run, short_uri
-from tasks.scoring import clear_output, finalize, plan_scoring, resolve_model, score_unit
+from tasks.scoring import (
+    claim_output,
+    clear_output,
+    finalize,
+    plan_scoring,
+    release_output,
+    resolve_model,
+    score_unit,
+)
 
 
 def unit_runner(dask_address: str | None):
@@ -31,6 +40,12 @@ def unit_runner(dask_address: str | None):
 
         return DaskTaskRunner(address=dask_address)
     return ThreadPoolTaskRunner(max_workers=2)
+
+
+def _run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return flow_run.id or uuid.uuid4().hex
 
 
 def _load_vocabulary(registry_uri: str, version: str):
@@ -83,19 +98,23 @@ def score_reviews(
         text_column=text_column,
         vocabulary=_load_vocabulary(registry_uri, chosen["version"]) if text_column else None,
     )
-    if overwrite:
-        clear_output(output)
-    plan = plan_scoring(input, output, spec, max_rows_per_unit, overwrite)
-    bar = progress.bar(plan["rows"])
-    runner = unit_runner(dask_address or os.environ.get("REVIEWS_DASK_ADDRESS"))
-    with runner, tags(f"model:{chosen['version']}"), bar if bar is not None else contextlib.nullcontext():
-        futures = runner.map(score_unit, parameters={
-            "unit": plan["units"], "output_uri": unmapped(output), "spec": unmapped(spec),
-            "registry_uri": unmapped(registry_uri), "batch_size": unmapped(batch_size),
-            "predictor_kind": unmapped(predictor)})
-        results = [f.result() for f in futures]
-    manifest = finalize(output, plan, results, chosen, parameters, started_at, time.perf_counter() - start,
-                        max_reject_fraction)
+    claim = claim_output(output, chosen["version"], _run_id())
+    try:
+        if overwrite:
+            clear_output(output)
+        plan = plan_scoring(input, output, spec, max_rows_per_unit, overwrite)
+        bar = progress.bar(plan["rows"])
+        runner = unit_runner(dask_address or os.environ.get("REVIEWS_DASK_ADDRESS"))
+        with runner, tags(f"model:{chosen['version']}"), bar if bar is not None else contextlib.nullcontext():
+            futures = runner.map(score_unit, parameters={
+                "unit": plan["units"], "output_uri": unmapped(output), "spec": unmapped(spec),
+                "registry_uri": unmapped(registry_uri), "batch_size": unmapped(batch_size),
+                "predictor_kind": unmapped(predictor)})
+            results = [f.result() for f in futures]
+        manifest = finalize(output, plan, results, chosen, parameters, started_at, time.perf_counter() - start,
+                            max_reject_fraction)
+    finally:
+        release_output(output, claim)
     t = manifest["totals"]
     return {"rows_in": t["rows_in"], "rows_scored": t["rows_scored"], "rows_rejected": t["rows_rejected"],
             "files": t["files"], "files_failed": t["files_failed"], "model_version": chosen["version"],

@@ -147,10 +147,9 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def iter_unit_batches(fs: pafs.FileSystem, unit: Unit, columns: list[str],
+def iter_unit_batches(pf: pq.ParquetFile, unit: Unit, columns: list[str],
                       batch_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(row number of the batch's first row in the file, batch) for every batch of the unit."""
-    pf = open_parquet(fs, unit.path)
     row = unit.first_row
     for batch in pf.iter_batches(batch_size=batch_size, row_groups=unit.row_groups, columns=columns,
                                  use_threads=True):

@@ -15,7 +15,14 @@ from prefect.tasks import exponential_backoff
 
 from infra import dumps, progress, storage
 from models.registry import ModelRegistry, cached_predictor
-from models.scoring import BatchResult, ScoringSpec, SchemaError, check_schema, score_batch
+from models.scoring import (
+    BatchResult,
+    ScoringSpec,
+    check_schema,
+    output_schema,
+    rejected_schema,
+    score_batch,
+)
 from tasks.reporting import logger, markdown, table
 
 
@@ -79,6 +86,49 @@ def plan_scoring(input_uri: str, output_uri: str, spec: ScoringSpec, max_rows_pe
     }
 
 
+CLAIM_TTL_SECONDS = 6 * 3600
+
+
+@task(name="claim-output", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def claim_output(output_uri: str, model_version: str, run_id: str,
+                 ttl_seconds: float = CLAIM_TTL_SECONDS) -> str:
+    """Stake a claim on ``output_uri`` so runs with different models never write into it at once.
+
+    Object stores have no atomic create-if-absent, so every run writes its claim and
+    then reads all claims back: among live claims of *other* model versions the oldest
+    (then the smallest id) wins and the others fail.  Runs of the same model version
+    write identical parts and may share an output.  A claim older than ``ttl_seconds``
+    (a run that was killed) is stale and ignored.
+    """
+    out = storage.resolve(output_uri)
+    now = datetime.now(timezone.utc)
+    claim = {"run_id": run_id, "model_version": model_version, "created_at": now.isoformat()}
+    name = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{run_id}.json"
+    storage.write_json(out.join("_claims", name), claim)
+    live = []
+    for info in storage.list_files(out.join("_claims")):
+        try:
+            other = storage.read_json(storage.Location(out.fs, info.path, info.path))
+        except FileNotFoundError:  # released while we listed
+            continue
+        age = (now - datetime.fromisoformat(other["created_at"])).total_seconds()
+        if age <= ttl_seconds:
+            live.append((other["created_at"], other["run_id"], other["model_version"], info.base_name))
+    mine = (claim["created_at"], run_id)
+    rivals = sorted(c for c in live if c[2] != model_version and (c[0], c[1]) < mine)
+    if rivals:
+        storage.delete_file(out.join("_claims", name))
+        raise ScoringError(f"{out.uri} is being written by another run (model {rivals[0][2]}, run {rivals[0][1]}); "
+                           "never mixing model versions in one output: wait for it or choose another output")
+    return name
+
+
+@task(name="release-output", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def release_output(output_uri: str, claim: str) -> None:
+    out = storage.resolve(output_uri)
+    storage.delete_file(out.join("_claims", claim))
+
+
 @task(name="clear-output", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def clear_output(output_uri: str) -> int:
     """overwrite=true: remove earlier parts, rejects and markers before scoring again."""
@@ -117,17 +167,21 @@ def score_unit(unit: dict[str, Any], output_uri: str, spec: ScoringSpec, registr
 
     predictor = cached_predictor(registry_uri, spec.model_version, predictor_kind)
     fs = storage.resolve(u.file_uri).fs
-    scored = rejected = None
+    base = {"model_version": spec.model_version, "unit_id": u.unit_id, "source": u.file_uri}
+
+    def writers(id_type: pa.DataType) -> tuple[dumps.PartWriter, dumps.PartWriter]:
+        return (dumps.PartWriter(part, output_schema(id_type), base),
+                dumps.PartWriter(out.join("_rejected", part_name(u.unit_id)), rejected_schema(id_type), base))
+
     error = None
+    id_type = pa.string()
     try:
-        for first_row, batch in dumps.iter_unit_batches(fs, u, [spec.id_column, spec.input_column], batch_size):
+        pf = dumps.open_parquet(fs, u.path)
+        # Parts keep the input's id type even when a unit yields no rows.
+        id_type = pf.schema_arrow.field(spec.id_column).type
+        scored, rejected = writers(id_type)
+        for first_row, batch in dumps.iter_unit_batches(pf, u, [spec.id_column, spec.input_column], batch_size):
             result: BatchResult = score_batch(batch, spec, predictor, source=u.file_uri, first_row=first_row)
-            if scored is None:
-                id_type = result.scored.schema.field("review_id").type
-                base = {"model_version": spec.model_version, "unit_id": u.unit_id, "source": u.file_uri}
-                scored = dumps.PartWriter(part, result.scored.schema, base)
-                rejected = dumps.PartWriter(out.join("_rejected", part_name(u.unit_id)),
-                                            result.rejected.schema, base)
             scored.write(result.scored)
             rejected.write(result.rejected)
             progress.advance(batch.num_rows)
@@ -138,13 +192,7 @@ def score_unit(unit: dict[str, Any], output_uri: str, spec: ScoringSpec, registr
         # reported (not silently dropped) and the rest of the dump still scores.
         error = f"{u.file_uri} row groups {u.row_groups[0]}-{u.row_groups[-1]}: {dumps._one_line(exc)}"
         logger().error("cannot read %s", error)
-    if error is not None or scored is None:
-        schema_ids = pa.string() if scored is None else scored.schema.field("review_id").type
-        from models.scoring import output_schema, rejected_schema
-
-        scored = dumps.PartWriter(part, output_schema(schema_ids),
-                                  {"model_version": spec.model_version, "unit_id": u.unit_id, "source": u.file_uri})
-        rejected = dumps.PartWriter(out.join("_rejected", part_name(u.unit_id)), rejected_schema(schema_ids), {})
+        scored, rejected = writers(id_type)  # an empty part: the unit is accounted for
     counts = {"rows_in": u.rows, "rows_scored": scored.rows,
               "rows_rejected": u.rows - scored.rows if error else rejected.rows, "error": error}
     if error is None and scored.rows + rejected.rows != u.rows:
