@@ -208,6 +208,21 @@ class SeaweedS3:
         self.client().create_bucket(Bucket=name)
         return f"s3://{name}"
 
+    def delete_bucket(self, name: str, client=None) -> None:
+        """Empty bucket ``name`` (objects and unfinished uploads) and delete it.
+
+        SeaweedFS gives every bucket a volume of its own and caps how many exist, so
+        long test sessions must give them back.
+        """
+        client = client or self.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+        for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+        client.delete_bucket(Bucket=name)
+
     def start(self) -> "SeaweedS3":
         if self._proc is not None:
             return self

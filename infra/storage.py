@@ -92,27 +92,32 @@ def s3_settings() -> S3Settings:
 def _settings_from_prefect_block(name: str) -> S3Settings:
     from prefect.blocks.core import Block
 
-    block = Block.load(name)
-    fields = type(block).__name__
-    if fields == "MinIOCredentials":
-        endpoint = (block.aws_client_parameters.endpoint_url if block.aws_client_parameters else None)
-        return S3Settings(
-            endpoint,
-            block.region_name or "us-east-1",
-            block.minio_root_user,
-            block.minio_root_password.get_secret_value(),
-            None,
-        )
-    if fields == "AwsCredentials":
-        endpoint = (block.aws_client_parameters.endpoint_url if block.aws_client_parameters else None)
-        return S3Settings(
-            endpoint,
-            block.region_name or "us-east-1",
-            block.aws_access_key_id,
-            block.aws_secret_access_key.get_secret_value() if block.aws_secret_access_key else None,
-            block.aws_session_token,
-        )
-    raise StorageError(f"Prefect block {name!r} is a {fields}; expected MinIOCredentials or AwsCredentials")
+    # A bare name is looked up among the two credential block types.
+    candidates = [name] if "/" in name else [f"minio-credentials/{name}", f"aws-credentials/{name}"]
+    for ref in candidates:
+        try:
+            block = Block.load(ref)
+            break
+        except ValueError:
+            continue
+    else:
+        raise StorageError(f"no Prefect block {name!r} (REVIEWS_S3_BLOCK); use 'minio-credentials/NAME' or "
+                           "'aws-credentials/NAME'")
+    kind = type(block).__name__
+    if kind == "MinIOCredentials":
+        key, secret, token = block.minio_root_user, block.minio_root_password, None
+    elif kind == "AwsCredentials":
+        key, secret, token = block.aws_access_key_id, block.aws_secret_access_key, block.aws_session_token
+    else:
+        raise StorageError(f"Prefect block {name!r} is a {kind}; expected MinIOCredentials or AwsCredentials")
+    params = block.aws_client_parameters
+    return S3Settings(
+        endpoint=params.endpoint_url if params else None,
+        region=block.region_name or "us-east-1",
+        access_key=key,
+        secret_key=secret.get_secret_value() if secret is not None else None,
+        session_token=token,
+    )
 
 
 def s3_filesystem(settings: S3Settings | None = None) -> pafs.S3FileSystem:

@@ -64,19 +64,7 @@ def s3_bucket(s3_server: SeaweedS3, s3_client, request: pytest.FixtureRequest) -
     name = f"t-{stem}-{uuid.uuid4().hex[:8]}"
     uri = s3_server.create_bucket(name)
     yield uri
-    # SeaweedFS gives every bucket a volume of its own and caps how many exist,
-    # so a long session must give them back.
-    _delete_bucket(s3_client, name)
-
-
-def _delete_bucket(client, name: str) -> None:
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
-    for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
-        client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
-    client.delete_bucket(Bucket=name)
+    s3_server.delete_bucket(name, s3_client)
 
 
 @pytest.fixture

@@ -279,15 +279,7 @@ def stack(s3_server, s3_client, tmp_path_factory) -> Iterator[Stack]:
         _stop(stack.worker)
         _stop(stack.server)
         if stack.bucket:
-            _empty_and_delete(s3_client, bucket_name)
-
-
-def _empty_and_delete(client, name: str) -> None:
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
-    client.delete_bucket(Bucket=name)
+            s3_server.delete_bucket(bucket_name, s3_client)
 
 
 def _flow_run_id(output: str) -> str:
