@@ -48,6 +48,8 @@ class OnnxPredictor:
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads  # 0: one per core
+        # Busy-waiting worker threads burn the CPU that other units and processes need.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
