@@ -29,7 +29,7 @@ _TRAIN_OVERRIDES = {
     "epochs": int, "batch_size": int, "maxlen": int, "padding": str, "truncating": str, "num_words": int,
     "skip_top": int, "embedding_dim": int, "lstm_units": int, "pooling": str, "embedding_dropout": float,
     "dropout": float, "learning_rate": float, "validation_split": float, "early_stopping_patience": int,
-    "seed": int,
+    "lstm_layers": int, "bucket_width": int, "learning_rate_decay": float, "seed": int,
 }
 
 
@@ -37,8 +37,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flows.retrain import retrain_sentiment
 
     overrides = {k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k) is not None}
-    if args.bidirectional is not None:
-        overrides["bidirectional"] = args.bidirectional
+    for flag in ("bidirectional", "mask_zero"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
     summary = retrain_sentiment(preset=args.preset, registry=args.registry, data=args.data,
                                 cache_dir=args.cache_dir, **overrides)
     _print_json(summary)
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, typ in _TRAIN_OVERRIDES.items():
         train.add_argument("--" + name.replace("_", "-"), type=typ, default=None, dest=name)
     train.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument("--mask-zero", action=argparse.BooleanOptionalAction, default=None, dest="mask_zero")
     train.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command",

@@ -91,3 +91,18 @@ def test_bad_hyperparameter_is_refused_before_training(tmp_path, prefect_api):
     code, _, err = run_cli("train", "--registry", str(tmp_path / "r"), "--padding", "sideways")
     assert code == 2
     assert "padding" in err
+
+
+def test_every_hyperparameter_is_a_flow_parameter_and_a_cli_option():
+    import dataclasses
+    import inspect
+
+    from flows.cli import build_parser
+    from flows.retrain import retrain_sentiment
+    from models.presets import TrainConfig
+
+    settings = {f.name for f in dataclasses.fields(TrainConfig)} - {"preset"}
+    assert settings <= set(inspect.signature(retrain_sentiment.fn).parameters)
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    options = {a.dest for a in train._actions}
+    assert settings <= options
