@@ -1,4 +1,23 @@
-"""The Embedding-LSTM network: Embedding(vocab, 300) -> LSTM(128) -> Dense(1, sigmoid).
+"""The Embedding-LSTM network.
+
+``seed``: ``Embedding(vocab, 300) -> LSTM(128) -> Dense(1, sigmoid)`` (the Keras tutorial).
+
+In general: ``Embedding(vocab, embedding_dim, mask_zero?) -> [SpatialDropout1D] ->
+lstm_layers x [Bi]LSTM(lstm_units) -> pooling -> [Dropout] -> Dense(1, sigmoid)``.
+
+With ``mask_zero=True`` index 0 (padding) is masked: the LSTMs skip padded steps
+exactly, so a review's score does not depend on how much padding surrounds it.
+That is what lets training cut each batch to its own longest review (length
+bucketing, :mod:`models.training`) while inference keeps the fixed ``maxlen``
+matrix.  Pooling must then ignore padded steps too:
+
+* ``last``: the final LSTM state - masked steps leave it untouched.
+* ``max``: global max over time of ``ReLU(outputs)``.  Keras'
+  ``GlobalMaxPooling1D`` ignores masks, but a masked step's LSTM output is either 0
+  (bidirectional layers, or before the first token) or a copy of an earlier step's
+  output (after the last token), and after the ReLU every real step is >= 0, so
+  neither can change the maximum.  Without a mask the plain outputs are pooled, as
+  before.
 
 Only built-in Keras layers are used so that models load with ``safe_mode=True``
 and export to ONNX.
@@ -6,29 +25,51 @@ and export to ONNX.
 
 from __future__ import annotations
 
+import warnings
+
 from models.presets import TrainConfig
 
+# Keras warns on every trace that GlobalMaxPooling1D drops the mask: intended, see above.
+warnings.filterwarnings("ignore", message=r"Layer 'max_pool' \(of type GlobalMaxPooling1D\) was passed an input "
+                        r"with a mask")
 
-def build_model(config: TrainConfig, input_dim: int):
+
+def build_model(config: TrainConfig, input_dim: int, sequence_length: int | None | str = "maxlen"):
+    """The network for ``config``; ``sequence_length=None`` gives a variable-length input
+    (training on length buckets), the default the fixed ``config.maxlen`` (serving, export).
+    The two share layer names and weight shapes, so ``set_weights`` moves weights across."""
     import keras
     from keras import layers
 
-    inputs = keras.Input(shape=(config.maxlen,), dtype="int32", name="tokens")
-    x = layers.Embedding(input_dim, config.embedding_dim, name="embedding")(inputs)
+    length = config.maxlen if sequence_length == "maxlen" else sequence_length
+    inputs = keras.Input(shape=(length,), dtype="int32", name="tokens")
+    x = layers.Embedding(input_dim, config.embedding_dim, mask_zero=config.mask_zero, name="embedding")(inputs)
     if config.embedding_dropout:
-        # Drops whole word vectors, not single units: a cheap, strong regulariser for text.
+        # Drops whole embedding channels across the review: a cheap, strong regulariser for text.
         x = layers.SpatialDropout1D(config.embedding_dropout, name="embedding_dropout")(x)
-    lstm = layers.LSTM(config.lstm_units, return_sequences=config.pooling == "max", name="lstm")
-    x = layers.Bidirectional(lstm, name="bilstm")(x) if config.bidirectional else lstm(x)
+    for i in range(config.lstm_layers):
+        top = i == config.lstm_layers - 1
+        suffix = "" if top else f"_{i + 1}"
+        lstm = layers.LSTM(config.lstm_units, return_sequences=not top or config.pooling == "max",
+                           name="lstm" + suffix)
+        x = layers.Bidirectional(lstm, name="bilstm" + suffix)(x) if config.bidirectional else lstm(x)
     if config.pooling == "max":
+        if config.mask_zero:
+            x = layers.ReLU(name="relu")(x)
         x = layers.GlobalMaxPooling1D(name="max_pool")(x)
     if config.dropout:
         x = layers.Dropout(config.dropout, name="dropout")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="score")(x)
     model = keras.Model(inputs, outputs, name=f"imdb_lstm_{config.preset}")
+    compile_model(model, config)
+    return model
+
+
+def compile_model(model, config: TrainConfig) -> None:
+    import keras
+
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
         loss="binary_crossentropy",
         metrics=["accuracy"],
     )
-    return model

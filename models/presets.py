@@ -18,17 +18,24 @@ class TrainConfig:
     truncating: str = "post"
     num_words: int | None = None
     skip_top: int = 0
-    # architecture: Embedding(vocab, embedding_dim) -> [Bi]LSTM(lstm_units) -> [pool] -> Dense(1, sigmoid)
+    # architecture: Embedding(vocab, embedding_dim) -> lstm_layers x [Bi]LSTM(lstm_units) -> [pool]
+    #               -> Dense(1, sigmoid)
     embedding_dim: int = 300
     lstm_units: int = 128
     bidirectional: bool = False
     pooling: str = "last"  # "last" (LSTM's final state) | "max" (global max over time)
     embedding_dropout: float = 0.0
     dropout: float = 0.0
+    lstm_layers: int = 1
+    mask_zero: bool = False  # mask padding (index 0): LSTMs skip it exactly
+    # Length bucketing (needs mask_zero): batches of similar-length reviews, each cut to its
+    # longest review rounded up to a multiple of bucket_width.  0: feed the padded matrix.
+    bucket_width: int = 0
     # optimisation
     epochs: int = 1
     batch_size: int = 100
     learning_rate: float = 1e-3
+    learning_rate_decay: float = 1.0  # epoch e (from 0) trains at learning_rate * learning_rate_decay**e
     validation_split: float = 0.1
     early_stopping_patience: int | None = None  # None: train all epochs
     seed: int = 42
@@ -40,6 +47,19 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.pooling not in ("last", "max"):
             raise ValueError(f"pooling must be 'last' or 'max', got {self.pooling!r}")
+        if self.lstm_layers < 1:
+            raise ValueError(f"lstm_layers must be >= 1, got {self.lstm_layers}")
+        if self.bucket_width < 0:
+            raise ValueError(f"bucket_width must be >= 0, got {self.bucket_width}")
+        if self.bucket_width and not self.mask_zero:
+            # Without the mask a review's score depends on its padding: training on cut
+            # batches and serving the maxlen matrix would disagree.
+            raise ValueError("bucket_width needs mask_zero=True")
+        if not 0.0 < self.learning_rate_decay <= 1.0:
+            raise ValueError(f"learning_rate_decay must be in (0, 1], got {self.learning_rate_decay}")
+        for name in ("embedding_dropout", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         # Fail on bad preprocessing values here, before any data is loaded.
         self.preprocessing(vocab_size=0)
 
@@ -69,19 +89,23 @@ PRESETS: dict[str, TrainConfig] = {
     "seed": TrainConfig(preset="seed"),
     "default": TrainConfig(
         preset="default",
-        maxlen=400,
+        maxlen=500,
         padding="pre",
         truncating="pre",
         num_words=20000,
-        embedding_dim=300,
-        lstm_units=128,
-        bidirectional=False,
-        pooling="last",
-        embedding_dropout=0.2,
-        dropout=0.2,
-        epochs=4,
-        batch_size=64,
+        embedding_dim=128,
+        lstm_units=64,
+        bidirectional=True,
+        pooling="max",
+        embedding_dropout=0.3,
+        dropout=0.3,
+        lstm_layers=1,
+        mask_zero=True,
+        bucket_width=16,
+        epochs=3,
+        batch_size=32,
         learning_rate=1e-3,
+        learning_rate_decay=0.3,
         validation_split=0.1,
         early_stopping_patience=1,
     ),

@@ -36,6 +36,76 @@ def epoch_callback(on_epoch: Callable[[int, dict[str, float]], None]):
     return _EpochHook()
 
 
+def row_lengths(x: np.ndarray) -> np.ndarray:
+    """Tokens per row of a padded matrix (0 is padding only, never a token)."""
+    return np.count_nonzero(x, axis=1)
+
+
+def trim_batch(x: np.ndarray, width: int) -> np.ndarray:
+    """The batch cut to the columns that hold tokens, widened to a multiple of ``width``.
+
+    Works for pre and post padding alike: only all-padding columns are dropped, so a
+    model that masks padding scores every row exactly as on the full matrix.
+    """
+    used = np.flatnonzero(x.any(axis=0))
+    if not len(used):
+        return x[:, :width]
+    first, last = int(used[0]), int(used[-1]) + 1
+    size = min(x.shape[1], -(-(last - first) // width) * width)
+    start = min(first, x.shape[1] - size)
+    return x[:, start:start + size]
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None,
+                   pool_batches: int = 50) -> list[np.ndarray]:
+    """Row indices grouped into batches of similar length.
+
+    With ``rng``: shuffle, sort by length within pools of ``pool_batches`` batches, cut
+    into batches, shuffle the batch order (random batches, little padding).  Without:
+    every row sorted by length (evaluation).
+    """
+    n = len(lengths)
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+    else:
+        order = rng.permutation(n)
+        pool = batch_size * pool_batches
+        order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
+                                for chunk in np.split(order, range(pool, n, pool))]) if n else order
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def bucketed_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, width: int, seed: int | None):
+    """A ``tf.data`` pipeline of length-bucketed, trimmed batches.
+
+    ``seed`` given: a fresh seeded shuffle every epoch (epoch ``e`` uses ``(seed, e)``), so
+    a run is reproducible; ``None``: a fixed length-sorted order.
+    """
+    import tensorflow as tf
+
+    lengths = row_lengths(x)
+    epoch = [0]
+    y = None if y is None else np.asarray(y, dtype=np.float32)
+
+    def generate():
+        rng = None if seed is None else np.random.default_rng([seed, epoch[0]])
+        epoch[0] += 1
+        for idx in length_batches(lengths, batch_size, rng):
+            idx = np.sort(idx)
+            xb = trim_batch(x[idx], width)
+            yield (xb, y[idx]) if y is not None else xb
+
+    spec = tf.TensorSpec((None, None), tf.int32)
+    signature = spec if y is None else (spec, tf.TensorSpec((None,), tf.float32))
+    n_batches = -(-len(x) // batch_size)
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    # A known length: Keras then neither warns about running out of data nor guesses the epoch size.
+    return dataset.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)
+
+
 @dataclass
 class FitResult:
     model: Any
@@ -59,7 +129,9 @@ def fit(
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config, input_dim)
+    bucketed = bool(config.bucket_width)
+    # Bucketed batches vary in length: train a variable-length twin of the serving model.
+    model = build_model(config, input_dim, sequence_length=None if bucketed else "maxlen")
     has_val = x_val is not None and len(x_val) > 0
     epoch_times: list[float] = []
     callbacks: list[Any] = []
@@ -74,6 +146,9 @@ def fit(
     callbacks.append(_Timer())
     if on_epoch is not None:
         callbacks.append(epoch_callback(on_epoch))
+    if config.learning_rate_decay != 1.0:
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            lambda epoch, lr: config.learning_rate * config.learning_rate_decay ** epoch))
     if config.early_stopping_patience is not None and has_val:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
@@ -81,22 +156,60 @@ def fit(
         # A live progress bar on a terminal, one line per epoch in logs.
         verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
-    history = model.fit(
-        x_train,
-        y_train.astype(np.float32),
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        validation_data=(x_val, y_val.astype(np.float32)) if has_val else None,
-        shuffle=True,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
+    if bucketed:
+        history = model.fit(
+            bucketed_dataset(x_train, y_train, config.batch_size, config.bucket_width, config.seed),
+            epochs=config.epochs,
+            validation_data=bucketed_dataset(x_val, y_val, 512, config.bucket_width, None) if has_val else None,
+            shuffle=False,  # the pipeline shuffles, seeded per epoch
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+        trained = model
+        model = build_model(config, input_dim)  # fixed maxlen: what is served and exported
+        model.set_weights(trained.get_weights())
+    else:
+        history = model.fit(
+            x_train,
+            y_train.astype(np.float32),
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            validation_data=(x_val, y_val.astype(np.float32)) if has_val else None,
+            shuffle=True,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
     seconds = time.perf_counter() - start
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     best = int(np.argmin(hist["val_loss"])) + 1 if "val_loss" in hist else len(hist.get("loss", []))
     return FitResult(model, hist, seconds, epoch_times, len(hist.get("loss", [])), best)
 
 
-def predict_scores(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32).reshape(-1)
+def masks_padding(model) -> bool:
+    """Whether the model masks index 0, i.e. scores do not depend on padding."""
+    import keras
+
+    return any(isinstance(layer, keras.layers.Embedding) and layer.mask_zero for layer in model.layers)
+
+
+def variable_length_twin(model):
+    """The same network and weights with a variable-length input."""
+    import keras
+
+    twin = keras.models.clone_model(model, input_tensors=keras.Input((None,), dtype="int32", name="tokens"))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def predict_scores(model, x: np.ndarray, batch_size: int = 512, bucket_width: int = 16) -> np.ndarray:
+    """Scores for the padded matrix ``x``.  A model that masks padding scores length-sorted
+    batches cut to their longest review (same scores, a fraction of the LSTM steps)."""
+    if len(x) <= batch_size or not masks_padding(model) or model.input_shape[1] is None:
+        return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32).reshape(-1)
+    order = np.concatenate([np.sort(idx) for idx in length_batches(row_lengths(x), batch_size, None)])
+    scores = variable_length_twin(model).predict(bucketed_dataset(x, None, batch_size, bucket_width, None),
+                                                 verbose=0)
+    out = np.empty(len(x), dtype=np.float32)
+    out[order] = np.asarray(scores, dtype=np.float32).reshape(-1)
+    return out
 

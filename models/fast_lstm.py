@@ -1,0 +1,655 @@
+"""A faster ONNX graph for the Embedding-LSTM network: the gate table.
+
+An LSTM step computes ``z = x_t W + h_{t-1} R + b`` (4U gate pre-activations).  For
+the first LSTM ``x_t`` is an embedding row, so ``E[token] W + b`` depends on the token
+only: it is computed once per vocabulary entry at build time (the V x 4U *gate
+table*), and a step is left with ``Gather(table, token) + h R``.  For the seed model
+(E = 300, U = 128) that removes ``E / (E + U)`` = 70 % of the FLOPs (3.3x fewer).
+The ONNX ``LSTM`` op cannot use the table (its input projection with W = identity
+would cost 4U x 4U per step, more than E x 4U), so the recurrence is spelled out:
+
+* ``unrolled`` (default, fastest): one small subgraph per time step (Gather, Gemm,
+  Split, Sigmoid/Tanh, Mul/Add), ``maxlen`` copies of it;
+* ``loop``: the same step as the body of an ONNX ``Loop`` (a constant-size graph;
+  slower, see :mod:`bench.predictor`).
+
+Semantics follow Keras exactly (``keras.src.backend.tensorflow.rnn``), including
+``mask_zero``: a masked step keeps ``(h, c)``; its output is 0 when the RNN's
+``zero_output_for_mask`` is set (Bidirectional with ``return_sequences``), else the
+previous output.  Supported topology - anything else raises ``ValueError``:
+
+    Input(int) -> Embedding(mask_zero?) -> [SpatialDropout1D | Dropout]*
+      -> n x (LSTM | Bidirectional(LSTM, merge_mode="concat")), all but the last
+         returning sequences (the last may return sequences for pooling)
+      -> [ReLU] -> [GlobalMaxPooling1D] -> [ReLU] -> [Dropout]* -> Dense(1, sigmoid)
+
+LSTMs must use ``activation="tanh"``, ``recurrent_activation="sigmoid"``, float32,
+no state in/out (``stateful``/``return_state``/``initial_state``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.predictors import OnnxPredictor
+
+OPSET = 17
+INPUT_NAME = "tokens"
+WINDOW_NAME = "window"
+OUTPUT_NAME = "score"
+FORMS = ("unrolled", "loop")
+DEFAULT_FORM = "loop"
+
+
+# ---------------------------------------------------------------------------
+# Reading the Keras model
+# ---------------------------------------------------------------------------
+
+@dataclass
+class LstmWeights:
+    kernel: np.ndarray      # (input, 4U), Keras gate order i, f, c, o
+    recurrent: np.ndarray   # (U, 4U)
+    bias: np.ndarray        # (4U,)
+    go_backwards: bool
+    zero_output_for_mask: bool
+
+    @property
+    def units(self) -> int:
+        return self.recurrent.shape[0]
+
+
+@dataclass
+class LstmLayer:
+    directions: list[LstmWeights]   # [forward] or [forward, backward] (Bidirectional, concat)
+    return_sequences: bool
+    bidirectional: bool
+
+    @property
+    def width(self) -> int:
+        return sum(d.units for d in self.directions)
+
+
+@dataclass
+class NetworkSpec:
+    maxlen: int
+    embeddings: np.ndarray          # (V, E)
+    mask_zero: bool
+    lstms: list[LstmLayer] = field(default_factory=list)
+    pooling: str = "last"           # "last" | "max"
+    relu: bool = False              # ReLU on the pooled features (commutes with max)
+    dense_kernel: np.ndarray | None = None  # (D, 1)
+    dense_bias: np.ndarray | None = None    # (1,)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embeddings.shape[0]
+
+    def step_flops(self) -> tuple[int, int]:
+        """(plain, gate-table) multiply-add FLOPs per review per time step."""
+        plain = fast = 0
+        width = self.embeddings.shape[1]
+        for i, layer in enumerate(self.lstms):
+            for d in layer.directions:
+                rec = 2 * d.units * 4 * d.units
+                inp = 2 * width * 4 * d.units
+                plain += rec + inp
+                fast += rec + (0 if i == 0 else inp)
+            width = layer.width
+        return plain, fast
+
+
+def _np(value) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def _refuse(layer, why: str):
+    raise ValueError(f"fast LSTM export: layer {layer.name!r} ({type(layer).__name__}) is not supported: {why}")
+
+
+def _check_float32(layer) -> None:
+    policy = getattr(layer, "dtype_policy", None)
+    name = getattr(policy, "name", "float32")
+    if name != "float32":
+        _refuse(layer, f"dtype policy {name!r} (only float32)")
+    if getattr(layer, "quantization_mode", None):
+        _refuse(layer, f"quantized ({layer.quantization_mode})")
+
+
+def _activation_name(fn) -> str:
+    import keras
+
+    try:
+        name = keras.activations.serialize(fn)
+    except Exception:  # noqa: BLE001 - a custom callable
+        return repr(fn)
+    return name if isinstance(name, str) else repr(name)
+
+
+def _lstm_weights(layer, in_width: int) -> LstmWeights:
+    import keras
+
+    if not isinstance(layer, keras.layers.LSTM):
+        _refuse(layer, "only LSTM recurrent layers are supported (not GRU/SimpleRNN/ConvLSTM/custom RNNs)")
+    _check_float32(layer)
+    cell = layer.cell
+    act, rec_act = _activation_name(cell.activation), _activation_name(cell.recurrent_activation)
+    if act != "tanh" or rec_act != "sigmoid":
+        _refuse(layer, f"activation={act!r}, recurrent_activation={rec_act!r} (need 'tanh' and 'sigmoid')")
+    if layer.stateful:
+        _refuse(layer, "stateful=True")
+    if layer.return_state:
+        _refuse(layer, "return_state=True")
+    kernel = _np(cell.kernel).astype(np.float32)
+    recurrent = _np(cell.recurrent_kernel).astype(np.float32)
+    units = cell.units
+    bias = _np(cell.bias).astype(np.float32) if cell.use_bias else np.zeros(4 * units, np.float32)
+    if kernel.shape != (in_width, 4 * units) or recurrent.shape != (units, 4 * units) or bias.shape != (4 * units,):
+        _refuse(layer, f"unexpected weight shapes {kernel.shape}, {recurrent.shape}, {bias.shape}")
+    return LstmWeights(kernel, recurrent, bias, bool(layer.go_backwards), bool(layer.zero_output_for_mask))
+
+
+def _chain(model) -> list:
+    """The model's layers in order, checked to form a single chain from one input to one output."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError("fast LSTM export: the model must have exactly one input and one output")
+    import keras
+
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if not layers:
+        raise ValueError("fast LSTM export: the model has no layers")
+    previous = model.inputs[0]
+    for layer in layers:
+        nodes = layer._inbound_nodes
+        if len(nodes) != 1:
+            _refuse(layer, "a layer called more than once (shared layers)")
+        args = nodes[0].arguments
+        extra = set(args.kwargs) - {"mask", "training"}
+        if len(args.args) != 1 or args.args[0] is not previous or extra:
+            _refuse(layer, "the model is not a single chain of layers" +
+                    (f" (extra call arguments {sorted(extra)})" if extra else ""))
+        if len(nodes[0].outputs) != 1:
+            _refuse(layer, "layers with several outputs")
+        previous = nodes[0].outputs[0]
+    if previous is not model.outputs[0]:
+        raise ValueError("fast LSTM export: the model's output is not its last layer's output")
+    return layers
+
+
+def describe(model) -> NetworkSpec:
+    """Read the supported topology and its weights from a Keras model; ValueError otherwise."""
+    import keras
+    from keras import layers as L
+
+    chain = _chain(model)
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 2 or shape[1] is None:
+        raise ValueError(f"fast LSTM export: the input must be (batch, maxlen) with a fixed maxlen, got {shape}")
+    maxlen = int(shape[1])
+
+    first = chain[0]
+    if not isinstance(first, L.Embedding):
+        _refuse(first, "the first layer must be an Embedding")
+    _check_float32(first)
+    embeddings = _np(first.embeddings).astype(np.float32)
+    spec = NetworkSpec(maxlen=maxlen, embeddings=embeddings, mask_zero=bool(first.mask_zero))
+
+    state = "seq"          # "seq": a sequence (batch, T, D); "vec": (batch, D); "done": after Dense
+    width = embeddings.shape[1]
+    relu_on_seq = False
+    for layer in chain[1:]:
+        if state == "done":
+            _refuse(layer, "layers after the final Dense")
+        if isinstance(layer, (L.Dropout, L.SpatialDropout1D)):
+            continue  # identity at inference
+        if isinstance(layer, (L.RNN, L.Bidirectional)):  # non-LSTM RNNs are refused by _lstm_weights
+            if state != "seq" or relu_on_seq or spec.pooling != "last":
+                _refuse(layer, "an LSTM must follow the embedding or a sequence-returning LSTM directly")
+            if isinstance(layer, L.Bidirectional):
+                if layer.merge_mode != "concat":
+                    _refuse(layer, f"merge_mode={layer.merge_mode!r} (only 'concat')")
+                _check_float32(layer)
+                if layer.forward_layer.go_backwards or not layer.backward_layer.go_backwards:
+                    _refuse(layer, "the backward layer must be the one with go_backwards=True")
+                dirs = [_lstm_weights(layer.forward_layer, width), _lstm_weights(layer.backward_layer, width)]
+                lstm = LstmLayer(dirs, bool(layer.return_sequences), True)
+            else:
+                lstm = LstmLayer([_lstm_weights(layer, width)], bool(layer.return_sequences), False)
+            spec.lstms.append(lstm)
+            width = lstm.width
+            state = "seq" if lstm.return_sequences else "vec"
+            continue
+        if not spec.lstms:
+            _refuse(layer, "expected an LSTM after the embedding")
+        if isinstance(layer, L.ReLU):
+            cfg = layer.get_config()
+            if cfg.get("max_value") is not None or cfg.get("negative_slope", 0.0) or cfg.get("threshold", 0.0):
+                _refuse(layer, "only a plain ReLU (no max_value, negative_slope or threshold)")
+            if spec.relu:
+                continue  # relu(relu(x)) == relu(x)
+            spec.relu = True
+            relu_on_seq = state == "seq"
+            continue
+        if isinstance(layer, L.GlobalMaxPooling1D):
+            cfg = layer.get_config()
+            if state != "seq" or cfg.get("data_format", "channels_last") != "channels_last" or cfg.get("keepdims"):
+                _refuse(layer, "GlobalMaxPooling1D must pool a sequence over time (channels_last, keepdims=False)")
+            spec.pooling = "max"
+            state, relu_on_seq = "vec", False
+            continue
+        if isinstance(layer, L.Dense):
+            _check_float32(layer)
+            cfg = layer.get_config()
+            if state != "vec":
+                _refuse(layer, "Dense must receive the pooled (batch, features) vector")
+            if cfg["units"] != 1 or cfg["activation"] != "sigmoid":
+                _refuse(layer, f"the output must be Dense(1, 'sigmoid'), got units={cfg['units']}, "
+                               f"activation={cfg['activation']!r}")
+            spec.dense_kernel = _np(layer.kernel).astype(np.float32).reshape(width, 1)
+            spec.dense_bias = (_np(layer.bias).astype(np.float32).reshape(1) if layer.use_bias
+                               else np.zeros(1, np.float32))
+            state = "done"
+            continue
+        _refuse(layer, "not one of Embedding, SpatialDropout1D, Dropout, LSTM, Bidirectional(LSTM), ReLU, "
+                       "GlobalMaxPooling1D, Dense(1, sigmoid)")
+    if state != "done":
+        raise ValueError("fast LSTM export: the model must end in Dense(1, sigmoid) on pooled features")
+    if not spec.lstms:
+        raise ValueError("fast LSTM export: the model has no LSTM")
+    if spec.lstms[-1].return_sequences and spec.pooling != "max":
+        raise ValueError("fast LSTM export: the last LSTM returns sequences but nothing pools them")
+    return spec
+
+
+# ---------------------------------------------------------------------------
+# Building the ONNX graph
+# ---------------------------------------------------------------------------
+
+def _reorder(w: np.ndarray, units: int) -> np.ndarray:
+    """Keras gate columns i, f, c, o -> i, f, o, c (one Sigmoid over the first 3U)."""
+    i, f, c, o = (w[..., k * units:(k + 1) * units] for k in range(4))
+    return np.ascontiguousarray(np.concatenate([i, f, o, c], axis=-1))
+
+
+def gate_table(embeddings: np.ndarray, weights: LstmWeights, chunk: int = 8192) -> np.ndarray:
+    """``embeddings @ kernel + bias`` for every vocabulary row (float64 accumulation), gates i, f, o, c."""
+    kernel = weights.kernel.astype(np.float64)
+    bias = weights.bias.astype(np.float64)
+    out = np.empty((embeddings.shape[0], kernel.shape[1]), np.float32)
+    for s in range(0, len(embeddings), chunk):
+        out[s:s + chunk] = embeddings[s:s + chunk].astype(np.float64) @ kernel + bias
+    return _reorder(out, weights.units)
+
+
+class _Graph:
+    def __init__(self, prefix: str = ""):
+        from onnx import helper, numpy_helper
+
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes: list = []
+        self.initializers: list = []
+        self.prefix = prefix
+        self.window = False  # the graph declares the optional window input
+        self._count = 0
+        self._consts: dict = {}
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{self.prefix}{hint}_{self._count}"
+
+    def const(self, value, hint: str = "c", dtype=None) -> str:
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes()) if arr.size <= 8 else None
+        if key is not None and key in self._consts:
+            return self._consts[key]
+        name = self.name(hint)
+        self.initializers.append(self.numpy_helper.from_array(arr, name))
+        if key is not None:
+            self._consts[key] = name
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int | list[str] = 1,
+           **attrs):
+        names = outputs if isinstance(outputs, list) else [self.name(hint or op_type.lower())
+                                                            for _ in range(outputs)]
+        self.nodes.append(self.helper.make_node(op_type, inputs, names, **attrs))
+        return names[0] if len(names) == 1 else names
+
+
+# Gate layouts: how a step's 4U pre-activations are grouped into tensors (each group has its own
+# table / recurrent-kernel columns and its own Gemm).  "fused": one (N, 4U) tensor, split after the
+# Gemm; "split": (N, 3U) for the sigmoid gates i, f, o and (N, U) for the candidate, no split copy.
+LAYOUTS = ("fused", "split")
+DEFAULT_LAYOUT = "split"
+
+
+def _groups(layout: str, units: int) -> list[tuple[int, int]]:
+    return [(0, 4 * units)] if layout == "fused" else [(0, 3 * units), (3 * units, 4 * units)]
+
+
+def _cols(w: np.ndarray, group: tuple[int, int]) -> np.ndarray:
+    return np.ascontiguousarray(w[..., group[0]:group[1]])
+
+
+def _cell(g: _Graph, zs: list[str], c_prev: str | None, units: int, mask: str | None, h_prev: str | None,
+          zero_output: bool) -> tuple[str, str, str]:
+    """One LSTM step from the pre-activations ``zs`` (gates i, f, o, c, grouped) -> (h, c, output)."""
+    if len(zs) == 1:
+        sig_part, cand_part = g.op("Split", [zs[0], g.const([3 * units, units], "split", np.int64)], "zs",
+                                   outputs=2, axis=1)
+    else:
+        sig_part, cand_part = zs
+    gates = g.op("Sigmoid", [sig_part], "sig")
+    cand = g.op("Tanh", [cand_part], "cand")
+    i, f, o = g.op("Split", [gates, g.const([units] * 3, "split", np.int64)], "ifo", outputs=3, axis=1)
+    ig = g.op("Mul", [i, cand], "ig")
+    c_new = ig if c_prev is None else g.op("Add", [g.op("Mul", [f, c_prev], "fc"), ig], "c")
+    h_new = g.op("Mul", [o, g.op("Tanh", [c_new], "tc")], "h")
+    if mask is None:
+        return h_new, c_new, h_new
+    zero = g.const(np.float32(0), "zero")
+    c = g.op("Where", [mask, c_new, c_prev or zero], "cm")
+    h = g.op("Where", [mask, h_new, h_prev or zero], "hm")
+    out = g.op("Where", [mask, h_new, zero], "om") if zero_output else h
+    return h, c, out
+
+
+class _Inputs:
+    """Per-group initializers for one direction's input pre-activations (the ``base`` of a step)."""
+
+    def __init__(self, g: _Graph, spec: NetworkSpec, layer_index: int, d: LstmWeights,
+                 part_widths: list[int], layout: str, tag: str):
+        self.groups = _groups(layout, d.units)
+        self.first = layer_index == 0
+        if self.first:
+            table = gate_table(spec.embeddings, d)
+            self.tables = [g.const(_cols(table, gr), f"{tag}_table") for gr in self.groups]
+        else:
+            kernel = _reorder(d.kernel, d.units)
+            bias = _reorder(d.bias, d.units)
+            self.biases = [g.const(_cols(bias, gr), f"{tag}_b") for gr in self.groups]
+            self.weights = []  # [group][part]
+            for gr in self.groups:
+                row, ws = 0, []
+                for width in part_widths:
+                    ws.append(g.const(_cols(kernel[row:row + width], gr), f"{tag}_W"))
+                    row += width
+                self.weights.append(ws)
+        recurrent = _reorder(d.recurrent, d.units)
+        self.recurrent = [g.const(_cols(recurrent, gr), f"{tag}_R") for gr in self.groups]
+
+    def bases(self, g: _Graph, tokens: str | None, parts: list[str] | None) -> list[str]:
+        """Nodes (in graph ``g``) computing the step's input pre-activations from the token ids
+        (first layer) or the previous layer's outputs at this position."""
+        if self.first:
+            return [g.op("Gather", [t, tokens], "g", axis=0) for t in self.tables]
+        out = []
+        for bias, ws in zip(self.biases, self.weights):
+            acc = bias
+            for x, w in zip(parts, ws):
+                acc = g.op("Gemm", [x, w, acc], "xw")
+            out.append(acc)
+        return out
+
+    def step(self, g: _Graph, bases: list[str], h: str | None) -> list[str]:
+        if h is None:  # first step: h = 0
+            return bases
+        return [g.op("Gemm", [h, r, b], "z") for r, b in zip(self.recurrent, bases)]
+
+
+def _head(g: _Graph, spec: NetworkSpec, features: list[str]) -> None:
+    feat = features[0] if len(features) == 1 else g.op("Concat", features, "feat", axis=1)
+    if spec.relu:
+        feat = g.op("Relu", [feat], "relu")
+    logit = g.op("Gemm", [feat, g.const(spec.dense_kernel, "dense_w"), g.const(spec.dense_bias, "dense_b")],
+                 "logit")
+    g.op("Sigmoid", [logit], outputs=[OUTPUT_NAME])
+
+
+def _mask_seq(g: _Graph, xt: str) -> str:
+    """(T, N, 1) bool: token != 0."""
+    return g.op("Unsqueeze", [g.op("Not", [g.op("Equal", [xt, g.const(np.int32(0), "pad")], "eq")], "m"),
+                              g.const([2], "ax", np.int64)], "mask")
+
+
+def _build_unrolled(spec: NetworkSpec, layout: str) -> _Graph:
+    g = _Graph()
+    T = spec.maxlen
+    xt = g.op("Transpose", [INPUT_NAME], "xt", perm=[1, 0])                     # (T, N)
+    idx = [g.op("Gather", [xt, g.const(np.int64(k), "t")], "idx", axis=0) for k in range(T)]  # (N,)
+    masks = None
+    if spec.mask_zero:
+        m = _mask_seq(g, xt)
+        masks = [g.op("Gather", [m, g.const(np.int64(k), "t")], "mk", axis=0) for k in range(T)]
+
+    seq: list[list[str]] = []  # previous layer's outputs by position: list of parts
+    part_widths: list[int] = []
+    features: list[str] = []
+    for li, layer in enumerate(spec.lstms):
+        finals, per_dir = [], []
+        for di, d in enumerate(layer.directions):
+            inp = _Inputs(g, spec, li, d, part_widths, layout, f"l{li}d{di}")
+            h = c = None
+            outs = []
+            for k in (range(T - 1, -1, -1) if d.go_backwards else range(T)):
+                bases = inp.bases(g, idx[k], seq[k] if li else None)
+                zs = inp.step(g, bases, h)
+                h, c, out = _cell(g, zs, c, d.units, masks[k] if masks else None, h, d.zero_output_for_mask)
+                outs.append(out)
+            finals.append(h)
+            # Keras: a Bidirectional layer flips the backward outputs back into time order;
+            # a standalone go_backwards LSTM returns them in processing order.
+            if layer.bidirectional and d.go_backwards:
+                outs = outs[::-1]
+            per_dir.append(outs)
+        if layer.return_sequences:
+            seq = [list(parts) for parts in zip(*per_dir)]
+            part_widths = [d.units for d in layer.directions]
+            if li == len(spec.lstms) - 1:  # pooled (max; relu commutes with it, see _head)
+                features = [g.op("Max", outs, "maxpool") for outs in per_dir]
+        else:
+            features = finals
+    _head(g, spec, features)
+    return g
+
+
+def window_exact(spec: NetworkSpec) -> bool:
+    """Whether running only the positions ``[start, stop)`` of a batch, when every position outside
+    is padding in every row, gives exactly the full result.  With ``mask_zero`` the skipped steps
+    leave ``(h, c)`` unchanged (forward: leading zeros state, backward: trailing), and their outputs
+    are 0 or copies of earlier outputs; dropping them cannot change the final state, nor the max
+    over time once a ReLU makes every output >= 0 (a copy never changes a max).  Not for a
+    standalone ``go_backwards`` LSTM feeding another one: Keras hands on its outputs in processing
+    (reversed) order with the unreversed mask, so positions and padding no longer line up."""
+    reversed_seq = any(not layer.bidirectional and d.go_backwards
+                       for layer in spec.lstms[:-1] for d in layer.directions)
+    return spec.mask_zero and (spec.pooling == "last" or spec.relu) and not reversed_seq
+
+
+def _build_loop(spec: NetworkSpec, layout: str) -> _Graph:
+    """Each direction an ONNX ``Loop`` over positions ``[start, stop)`` of the optional ``window``
+    input (default ``[0, maxlen]``; only declared when :func:`window_exact`)."""
+    from onnx import TensorProto, helper
+
+    g = _Graph()
+    T = spec.maxlen
+    f32 = TensorProto.FLOAT
+    xt = g.op("Transpose", [INPUT_NAME], "xt", perm=[1, 0])                     # (T, N)
+    batch = g.op("Slice", [g.op("Shape", [INPUT_NAME], "shape"), g.const([0], "s0", np.int64),
+                           g.const([1], "s1", np.int64)], "batch")
+    mask_seq = _mask_seq(g, xt) if spec.mask_zero else None
+    if window_exact(spec):
+        g.window = True
+        g.initializers.append(g.numpy_helper.from_array(np.array([0, T], np.int64), WINDOW_NAME))
+        start = g.op("Gather", [WINDOW_NAME, g.const(np.int64(0), "i0")], "start", axis=0)
+        stop = g.op("Gather", [WINDOW_NAME, g.const(np.int64(1), "i1")], "stop", axis=0)
+        trip = g.op("Sub", [stop, start], "trip")
+    else:
+        start, stop, trip = g.const(np.int64(0), "start"), g.const(np.int64(T), "stop"), g.const(np.int64(T), "T")
+    last_pos = g.op("Sub", [stop, g.const(np.int64(1), "one")], "last_pos")
+    seq_parts: list[str] = []  # previous layer's outputs, (trip, N, U) per part, time order
+    part_widths: list[int] = []
+    features: list[str] = []
+    for li, layer in enumerate(spec.lstms):
+        top = li == len(spec.lstms) - 1
+        pooled = top and layer.return_sequences         # max over time, as a running max
+        scanned = layer.return_sequences and not top    # the next layer reads every output
+        finals, parts = [], []
+        for di, d in enumerate(layer.directions):
+            tag = f"l{li}d{di}"
+            units = d.units
+            inp = _Inputs(g, spec, li, d, part_widths, layout, tag)
+            body = _Graph(prefix=f"{tag}_")
+            body.const = g.const  # initializers live in the outer graph (outer-scope references)
+            it, cond_in, h_in, c_in, m_in = (f"{tag}_{n}" for n in ("it", "cond", "h_in", "c_in", "max_in"))
+            k = body.op("Sub" if d.go_backwards else "Add", [last_pos if d.go_backwards else start, it], "k")
+            tokens = body.op("Gather", [xt, k], "idx", axis=0) if li == 0 else None
+            prev = None
+            if li:
+                rel = body.op("Sub", [k, start], "rel")
+                prev = [body.op("Gather", [p, rel], "x", axis=0) for p in seq_parts]
+            zs = inp.step(body, inp.bases(body, tokens, prev), h_in)
+            mask = body.op("Gather", [mask_seq, k], "mk", axis=0) if mask_seq else None
+            h, c, out = _cell(body, zs, c_in, units, mask, h_in, d.zero_output_for_mask)
+            outs = [body.op("Identity", [cond_in], "cond_out"), h, c]
+            ins = [helper.make_tensor_value_info(it, TensorProto.INT64, []),
+                   helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
+                   helper.make_tensor_value_info(h_in, f32, None),
+                   helper.make_tensor_value_info(c_in, f32, None)]
+            if pooled:
+                outs.append(body.op("Max", [m_in, out], "max"))
+                ins.append(helper.make_tensor_value_info(m_in, f32, None))
+            if scanned:
+                outs.append(out if out not in outs else body.op("Identity", [out], "o"))
+            graph = helper.make_graph(
+                body.nodes, f"{tag}_body", ins,
+                [helper.make_tensor_value_info(o, TensorProto.BOOL if i == 0 else f32, None)
+                 for i, o in enumerate(outs)])
+            shape = g.op("Concat", [batch, g.const([units], "u", np.int64)], "shape", axis=0)
+            zeros = g.op("ConstantOfShape", [shape], "zeros", value=helper.make_tensor("v", f32, [1], [0.0]))
+            init = [zeros, zeros]
+            if pooled:
+                init.append(g.op("ConstantOfShape", [shape], "ninf",
+                                 value=helper.make_tensor("v", f32, [1], [-np.inf])))
+            results = g.op("Loop", [trip, g.const(np.bool_(True), "true"), *init], f"{tag}_loop",
+                           outputs=len(outs) - 1, body=graph)
+            finals.append(results[2] if pooled else results[0])
+            if scanned:
+                seq_out = results[-1]  # (trip, N, U), processing order
+                if layer.bidirectional and d.go_backwards:
+                    seq_out = g.op("Slice", [seq_out, g.const([-1], "r0", np.int64),
+                                             g.const([np.iinfo(np.int64).min], "r1", np.int64),
+                                             g.const([0], "r2", np.int64), g.const([-1], "r3", np.int64)], "flip")
+                parts.append(seq_out)
+        seq_parts = parts
+        part_widths = [d.units for d in layer.directions]
+        features = finals
+    _head(g, spec, features)
+    return g
+
+
+def build_fast_onnx(model, form: str = DEFAULT_FORM, layout: str = DEFAULT_LAYOUT) -> bytes:
+    """The gate-table ONNX graph of a supported Keras model (ValueError if unsupported).
+
+    Input ``tokens``: int32 (batch, maxlen); output ``score``: float32 (batch, 1).  The ``loop``
+    form of a masked model also takes an optional ``window`` (int64 [start, stop], default
+    [0, maxlen]): only those positions are run, which is exact when all others are padding
+    (:func:`window_exact`; :class:`FastLstmPredictor` uses it for length-aware batching)."""
+    return build_from_spec(describe(model), form, layout)
+
+
+def build_from_spec(spec: NetworkSpec, form: str = DEFAULT_FORM, layout: str = DEFAULT_LAYOUT) -> bytes:
+    from onnx import TensorProto, helper
+
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    g = (_build_unrolled if form == "unrolled" else _build_loop)(spec, layout)
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.INT32, ["batch", spec.maxlen])]
+    if g.window:
+        inputs.append(helper.make_tensor_value_info(WINDOW_NAME, TensorProto.INT64, [2]))
+    graph = helper.make_graph(
+        g.nodes, "fast_lstm", inputs,
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 1])],
+        initializer=g.initializers)
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                   producer_name="imdb-reviews-fast-lstm")
+    onnx_model.ir_version = 8
+    return onnx_model.SerializeToString()
+
+
+def padding_window(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, ``[start, stop)``: its first and one past its last non-padding position
+    (``start = maxlen, stop = 0`` for an all-padding row)."""
+    nz = x != 0
+    any_ = nz.any(axis=1)
+    T = x.shape[1]
+    start = np.where(any_, nz.argmax(axis=1), T)
+    stop = np.where(any_, T - nz[:, ::-1].argmax(axis=1), 0)
+    return start, stop
+
+
+def batch_order(start: np.ndarray, stop: np.ndarray, maxlen: int) -> np.ndarray:
+    """Rows ordered so that consecutive ones have similar windows: pre-padded rows (ending at
+    ``maxlen``), then post-padded ones (starting at 0), then the rest, each by span."""
+    side = np.where(stop == maxlen, 0, np.where(start == 0, 1, 2))
+    return np.lexsort((stop - start, side))
+
+
+def window_steps(x: np.ndarray, batch_size: int, sort: bool = True) -> tuple[int, int]:
+    """(steps run with length-aware batching, steps of the full matrix) for ``x``: batches of
+    ``batch_size`` rows (sorted by span when ``sort``) each run only their ``[min start, max stop)``."""
+    start, stop = padding_window(x)
+    order = batch_order(start, stop, x.shape[1]) if sort else np.arange(len(x))
+    steps = 0
+    for s in range(0, len(x), batch_size):
+        rows = order[s:s + batch_size]
+        lo, hi = int(start[rows].min()), int(stop[rows].max())
+        steps += max(hi - lo, 1) * len(rows)
+    return steps, len(x) * x.shape[1]
+
+
+class FastLstmPredictor(OnnxPredictor):
+    """ONNX Runtime on the gate-table graph; same interface as :class:`OnnxPredictor`.
+
+    ``length_aware`` (default on; only possible for a ``loop`` graph with a ``window`` input, i.e.
+    a masked model, see :func:`window_exact`): rows are sorted by their non-padding span
+    (:func:`batch_order`), and each
+    batch runs only the positions where some row has a token.  Exact; results come back in the
+    input order."""
+
+    kind = "fast"
+
+    def __init__(self, onnx_bytes: bytes, batch_size: int = 1024, threads: int = 0, length_aware: bool = True):
+        super().__init__(onnx_bytes, batch_size=batch_size, threads=threads)
+        # A graph input with a default (an initializer) is listed as an overridable initializer.
+        names = {i.name for i in self.session.get_inputs()} | {
+            i.name for i in self.session.get_overridable_initializers()}
+        self.length_aware = bool(length_aware and WINDOW_NAME in names)
+
+    @classmethod
+    def from_model(cls, model, form: str = DEFAULT_FORM, layout: str = DEFAULT_LAYOUT,
+                   **kwargs) -> "FastLstmPredictor":
+        return cls(build_fast_onnx(model, form=form, layout=layout), **kwargs)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if not self.length_aware:
+            return super().predict(x)
+        x = np.ascontiguousarray(x, dtype=np.int32)
+        out = np.empty(len(x), dtype=np.float32)
+        start, stop = padding_window(x)
+        order = batch_order(start, stop, x.shape[1])
+        T = x.shape[1]
+        for s in range(0, len(x), self.batch_size):
+            rows = order[s:s + self.batch_size]
+            lo, hi = int(start[rows].min()), int(stop[rows].max())
+            if hi <= lo:  # all padding: one (masked, state-preserving) step
+                lo, hi = T - 1, T
+            window = np.array([lo, hi], dtype=np.int64)
+            feed = {self.input_name: x[rows], WINDOW_NAME: window}
+            out[rows] = self.session.run(None, feed)[0].reshape(-1)
+        return out
