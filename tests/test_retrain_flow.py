@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from flows.cli import main
 from models.registry import ModelRegistry
 from tests.test_imdb_sources import write_tgz
 
@@ -32,12 +32,19 @@ def tiny_tgz(tmp_path_factory):
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
-    # Not capsys: Prefect's console log handler keeps the stream it first saw, and
-    # capsys closes its streams after each test.
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
+    """The installed `reviews` command in its own process, as a user runs it.
+
+    It talks to the session's Prefect API when there is one (faster than an
+    ephemeral server) and inherits the S3 settings from the environment.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ)
+    if PREFECT_API_URL.value():
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    exe = os.path.join(os.path.dirname(sys.executable), "reviews")
+    r = subprocess.run([exe, *argv], env=env, capture_output=True, text=True, timeout=600)
+    return r.returncode, r.stdout, r.stderr
 
 
 def _train(registry, tgz, *extra):

@@ -1,0 +1,256 @@
+"""The gate-table LSTM graph (models/fast_lstm.py) against Keras' own ``model.predict``.
+
+Tiny models (vocabulary 30, embedding 5, 3 units) with weights scaled up so that gates
+saturate differently per token: any slip in gate order, masking or direction shows as a
+difference far above the 1e-5 tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+
+from models.fast_lstm import (
+    FORMS,
+    LAYOUTS,
+    WINDOW_NAME,
+    FastLstmPredictor,
+    build_fast_onnx,
+    describe,
+    padding_window,
+    window_exact,
+    window_steps,
+)
+from models.predictors import check_parity, keras_reference, probe_batch
+from models.presets import TrainConfig
+
+# Keras warns that GlobalMaxPooling1D drops the mask: intended (see models/architecture.py).
+pytestmark = pytest.mark.filterwarnings("ignore:Layer '.*' \\(of type GlobalMaxPooling1D\\) was passed an input")
+
+VOCAB = 30
+TINY = TrainConfig(preset="seed", maxlen=6, embedding_dim=5, lstm_units=3)
+
+
+def _scaled(model, factor: float = 3.0):
+    model.set_weights([w * factor for w in model.get_weights()])
+    return model
+
+
+def tiny(seed: int = 0, **overrides):
+    import keras
+
+    from models.architecture import build_model
+
+    keras.utils.set_random_seed(seed)
+    return _scaled(build_model(TINY.with_overrides(**overrides), VOCAB))
+
+
+def padded(n: int, maxlen: int, padding: str, seed: int = 0) -> np.ndarray:
+    """Reviews of every length 0..maxlen (tokens 1..VOCAB-1), padded one way."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, maxlen), np.int32)
+    for i in range(n):
+        length = i % (maxlen + 1) if i < maxlen + 1 else int(rng.integers(0, maxlen + 1))
+        tokens = rng.integers(1, VOCAB, size=length)
+        if length:
+            if padding == "pre":
+                x[i, maxlen - length:] = tokens
+            else:
+                x[i, :length] = tokens
+    return x
+
+
+def inputs(maxlen: int) -> np.ndarray:
+    """Post-padded, pre-padded and mixed rows, plus an all-padding row."""
+    return np.concatenate([padded(40, maxlen, "post", 1), padded(40, maxlen, "pre", 2),
+                           probe_batch(VOCAB, maxlen, n=40, seed=3), np.zeros((1, maxlen), np.int32)])
+
+
+def assert_parity(model, x: np.ndarray | None = None, batch_size: int = 16, **build) -> FastLstmPredictor:
+    x = inputs(model.inputs[0].shape[1]) if x is None else x
+    reference = keras_reference(model, x)
+    predictor = FastLstmPredictor(build_fast_onnx(model, **build), batch_size=batch_size)
+    assert predictor.kind == "fast"
+    check_parity(predictor, x, reference)
+    return predictor
+
+
+@pytest.mark.parametrize("maxlen", [1, 6, 17])
+def test_seed_topology_matches_keras(maxlen):
+    assert_parity(tiny(maxlen=maxlen))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sequential_and_concurrent_batches_agree(threads):
+    model = tiny(seed=7, maxlen=5, mask_zero=True)
+    x = inputs(5)
+    reference = keras_reference(model, x)
+    onnx_bytes = build_fast_onnx(model)
+    for batch_size in (1, 7, 1024):
+        predictor = FastLstmPredictor(onnx_bytes, batch_size=batch_size, threads=threads)
+        check_parity(predictor, x, reference)
+        check_parity(predictor, x[:0], reference[:0])
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_graph_form_matches_keras(form, layout):
+    assert_parity(tiny(seed=1, maxlen=7), form=form, layout=layout)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(bidirectional=True),
+    dict(pooling="max"),
+    dict(bidirectional=True, pooling="max", lstm_layers=2, embedding_dropout=0.3, dropout=0.3),
+    dict(mask_zero=True),
+    dict(mask_zero=True, bidirectional=True, lstm_layers=2),
+    dict(mask_zero=True, bidirectional=True, pooling="max", lstm_layers=2, padding="pre"),  # the default preset
+], ids=["bi", "max", "bi-max-2", "mask", "mask-bi-2", "mask-bi-max-2"])
+@pytest.mark.parametrize("form", FORMS)
+def test_architecture_options_match_keras(overrides, form):
+    assert_parity(tiny(seed=2, maxlen=7, **overrides), form=form)
+
+
+def test_mask_zero_length_aware_batching_is_exact_and_skips_steps():
+    model = tiny(seed=3, maxlen=12, mask_zero=True, bidirectional=True, pooling="max", lstm_layers=2)
+    assert window_exact(describe(model))
+    x = np.concatenate([padded(200, 12, "pre", 4), padded(50, 12, "post", 5)])
+    x = x[np.random.default_rng(0).permutation(len(x))]
+    reference = keras_reference(model, x)
+    onnx_bytes = build_fast_onnx(model, form="loop")
+    aware = FastLstmPredictor(onnx_bytes, batch_size=32)
+    full = FastLstmPredictor(onnx_bytes, batch_size=32, length_aware=False)
+    assert aware.length_aware and not full.length_aware
+    check_parity(aware, x, reference)
+    check_parity(full, x, reference)
+    steps, total = window_steps(x, 32)
+    assert steps < 0.8 * total  # the window really skips padding
+    # Results come back in input order even for a single row and for all-padding batches.
+    check_parity(aware, x[:1], reference[:1])
+    empty = np.zeros((5, 12), np.int32)
+    check_parity(aware, empty, keras_reference(model, empty))
+
+
+def test_window_skips_exactly_the_padding_and_nothing_else():
+    model = tiny(seed=4, maxlen=8, mask_zero=True)
+    x = padded(30, 8, "pre", 6)
+    x[:, :3] = 0  # no review longer than 5 tokens
+    predictor = FastLstmPredictor(build_fast_onnx(model, form="loop"), length_aware=False)
+    run = predictor.session.run
+
+    def scores(window):
+        return run(None, {"tokens": x, WINDOW_NAME: np.array(window, np.int64)})[0].reshape(-1)
+
+    full = scores([0, 8])
+    np.testing.assert_array_equal(scores([3, 8]), full)  # only padding skipped: identical
+    assert np.max(np.abs(scores([4, 8]) - full)) > 1e-3  # a real token skipped: caught
+    start, stop = padding_window(x)
+    assert start.min() >= 3 and stop.max() == 8
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_masked_max_pooling_without_relu_has_no_window(bidirectional):
+    """Masked steps' outputs (copies, or zeros for Bidirectional: ``zero_output_for_mask``) then
+    take part in the max: that must match Keras, and running fewer steps would not be exact."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(5)
+    inputs_ = keras.Input((7,), dtype="int32")
+    h = layers.Embedding(VOCAB, 5, mask_zero=True)(inputs_)
+    lstm = layers.LSTM(3, return_sequences=True)
+    h = (layers.Bidirectional(lstm) if bidirectional else lstm)(h)
+    h = layers.GlobalMaxPooling1D()(h)
+    model = _scaled(keras.Model(inputs_, layers.Dense(1, activation="sigmoid")(h)))
+    assert not window_exact(describe(model))
+    for form in FORMS:
+        predictor = assert_parity(model, form=form)
+        assert not predictor.length_aware
+
+
+def test_sequential_go_backwards_without_bias():
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(6)
+    model = _scaled(keras.Sequential([
+        keras.Input((6,), dtype="int32"),
+        layers.Embedding(VOCAB, 5, mask_zero=True),
+        layers.LSTM(4, go_backwards=True, use_bias=False, return_sequences=True),
+        layers.LSTM(3, go_backwards=True),
+        layers.Dense(1, activation="sigmoid"),
+    ]))
+    assert not window_exact(describe(model))  # reversed outputs + unreversed mask: no window
+    for form in FORMS:
+        assert_parity(model, form=form)
+
+
+def test_flop_count_of_the_seed_network():
+    import keras
+    from keras import layers
+
+    model = keras.Sequential([keras.Input((50,), dtype="int32"), layers.Embedding(100, 300), layers.LSTM(128),
+                              layers.Dense(1, activation="sigmoid")])
+    plain, fast = describe(model).step_flops()
+    assert plain == 4 * 128 * (300 + 128) * 2 and fast == 4 * 128 * 128 * 2
+
+
+def _model(*body, maxlen=6, head=None):
+    import keras
+    from keras import layers
+
+    x = inp = keras.Input((maxlen,), dtype="int32")
+    for layer in body:
+        x = layer(x)
+    out = (head or layers.Dense(1, activation="sigmoid"))(x)
+    return keras.Model(inp, out)
+
+
+def _refusals():
+    import keras
+    from keras import layers as L
+
+    emb = lambda: L.Embedding(VOCAB, 4)  # noqa: E731
+    yield "GRU", _model(emb(), L.GRU(3)), "only LSTM"
+    yield "relu LSTM", _model(emb(), L.LSTM(3, activation="relu")), "activation='relu'"
+    yield "hard_sigmoid", _model(emb(), L.LSTM(3, recurrent_activation="hard_sigmoid")), "recurrent_activation"
+    yield "merge sum", _model(emb(), L.Bidirectional(L.LSTM(3), merge_mode="sum")), "merge_mode='sum'"
+    yield "Dense(2)", _model(emb(), L.LSTM(3), head=L.Dense(2, activation="sigmoid")), "Dense\\(1, 'sigmoid'\\)"
+    yield "Dense relu", _model(emb(), L.LSTM(3), head=L.Dense(1, activation="relu")), "Dense\\(1, 'sigmoid'\\)"
+    yield "average pool", _model(emb(), L.LSTM(3, return_sequences=True), L.GlobalAveragePooling1D()), "not one of"
+    yield "conv", _model(emb(), L.Conv1D(3, 2), L.LSTM(3)), "expected an LSTM after the embedding"
+    yield "no embedding first", _model(L.Identity(), emb(), L.LSTM(3)), "first layer must be an Embedding"
+    yield "leaky relu", _model(emb(), L.LSTM(3), L.ReLU(negative_slope=0.1)), "plain ReLU"
+    yield "unpooled sequence", _model(emb(), L.LSTM(3, return_sequences=True), L.Flatten()), "not one of"
+    yield "return_state", None, "several outputs"
+    # variable-length input
+    var = keras.Input((None,), dtype="int32")
+    yield "variable maxlen", keras.Model(var, L.Dense(1, activation="sigmoid")(L.LSTM(3)(emb()(var)))), \
+        "fixed maxlen"
+    # not a chain: two branches concatenated
+    inp = keras.Input((6,), dtype="int32")
+    e = emb()(inp)
+    branch = L.Concatenate()([L.LSTM(3)(e), L.LSTM(2)(e)])
+    yield "branches", keras.Model(inp, L.Dense(1, activation="sigmoid")(branch)), "single chain"
+    # two inputs
+    a, b = keras.Input((6,), dtype="int32"), keras.Input((6,), dtype="int32")
+    yield "two inputs", keras.Model([a, b], L.Dense(1, activation="sigmoid")(L.LSTM(3)(emb()(a)))), \
+        "exactly one input"
+
+
+def test_unsupported_models_are_refused_with_a_clear_message():
+    import keras
+    from keras import layers as L
+
+    for name, model, message in _refusals():
+        if model is None:  # return_state: the LSTM's extra outputs make it a multi-output layer
+            inp = keras.Input((6,), dtype="int32")
+            seq, _, _ = L.LSTM(3, return_state=True)(L.Embedding(VOCAB, 4)(inp))
+            model = keras.Model(inp, L.Dense(1, activation="sigmoid")(seq))
+        with pytest.raises(ValueError, match=message):
+            build_fast_onnx(model)
+        assert name
