@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
@@ -315,18 +316,35 @@ def upload(local_path: str, loc: Location) -> None:
     atomic_write(loc, data)
 
 
-# Matched against the message with separators removed: Arrow spells SLOW_DOWN, boto SlowDown.
-_TRANSIENT_MARKERS = ("connection", "timeout", "timedout", "reset", "curl", "slowdown", "throttl",
-                      "serviceunavailable", "internalerror", "httpresponsecode5", "brokenpipe", "temporarily",
-                      "requesttimeout", "503", "502", "504")
-_PERMANENT_MARKERS = ("accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden",
-                      "nosuchbucket", "notfound", "doesnotexist", "nosuchkey")
+# Classified on the error's own code and status only: bucket names and keys in the
+# message ("forbidden-city", "part-a503...") must not decide whether a request is retried.
+_AWS_CODE = re.compile(r"AWS Error ([A-Z_]+)")
+_HTTP_STATUS = re.compile(r"HTTP status (\d{3})|http response code:? ?(\d{3})", re.IGNORECASE)
+_TRANSIENT_CODES = {"SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "NETWORK_CONNECTION",
+                    "REQUEST_TIMEOUT", "THROTTLING", "REQUEST_TIME_TOO_SKEWED", "THROTTLING_EXCEPTION"}
+_PERMANENT_CODES = {"ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "NO_SUCH_BUCKET",
+                    "NO_SUCH_KEY", "RESOURCE_NOT_FOUND", "NO_SUCH_UPLOAD", "INVALID_PARAMETER_VALUE"}
+# Transport failures carry no AWS code.
+_TRANSPORT = re.compile(r"curl(Code)?|connection (reset|refused|closed)|broken pipe|timed out|"
+                        r"failed to flush response stream", re.IGNORECASE)
 
 
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: 5xx, throttling, resets and time-outs; never bad credentials or missing objects."""
-    text = " ".join(str(e).lower() for e in (exc, exc.__cause__) if e is not None)
-    flat = "".join(ch for ch in text if ch.isalnum())
-    if isinstance(exc, FileNotFoundError) or any(m in flat for m in _PERMANENT_MARKERS):
+    if isinstance(exc, FileNotFoundError):
         return False
-    return any(m in flat for m in _TRANSIENT_MARKERS)
+    for e in (exc, exc.__cause__):
+        if e is None:
+            continue
+        text = str(e)
+        codes = set(_AWS_CODE.findall(text))
+        if codes & _PERMANENT_CODES:
+            return False
+        statuses = {int(a or b) for a, b in _HTTP_STATUS.findall(text)}
+        if codes & _TRANSIENT_CODES or any(st >= 500 or st == 429 for st in statuses):
+            return True
+        if statuses:
+            return False  # an explicit 4xx
+        if _TRANSPORT.search(text):
+            return True
+    return False

@@ -143,8 +143,6 @@ def test_part_uploads_refused_five_times_each_are_retried_by_prefect(proxy, s3_b
     _assert_clean_output(s3_client, s3_bucket, "scores/day1")
 
 
-@pytest.mark.xfail(strict=True, reason="infra.storage.is_transient does not treat 'HTTP status 500' (a 500 "
-                                       "without an XML body, e.g. on HeadObject) as transient: no Prefect retry")
 def test_500s_on_head_that_outlast_sdk_retries_are_retried_by_prefect(proxy, quiet_bucket, registry):
     """S3 answers HeadObject errors without a body, so a 500 there reads 'UNKNOWN (HTTP status 500)'."""
     from flows.score import score_reviews
@@ -174,11 +172,7 @@ _TRANSIENT_CASES = [(a, op) for a in ("500", "502", "503", "slowdown", "reset") 
                     if (a, op) != ("500", "read")]
 
 
-@pytest.mark.parametrize(
-    "action,op",
-    [pytest.param(a, op, marks=pytest.mark.xfail(
-        strict=True, reason="'UNKNOWN (HTTP status 500)' (no error body) is not matched as transient"))
-     if (a, op) == ("500", "head") else (a, op) for a, op in _TRANSIENT_CASES])
+@pytest.mark.parametrize("action,op", _TRANSIENT_CASES)
 def test_is_transient_classifies_real_s3_errors(action, op, s3_server, quiet_bucket):
     s3_bucket = quiet_bucket
     """Every 5xx / throttle / reset error, as pyarrow really reports it, is classified transient."""
@@ -201,9 +195,6 @@ def test_is_transient_classifies_real_s3_errors(action, op, s3_server, quiet_buc
     assert storage.is_transient(caught.value), str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason="a 5xx/SlowDown on GET of an object smaller than the error body "
-                   "surfaces as 'INTERNAL_FAILURE ... Failed to flush response stream': pyarrow does not retry it "
-                   "and infra.storage.is_transient does not match it, so resolve-model fails without a retry")
 def test_one_busy_answer_to_a_small_read_is_retried(proxy, quiet_bucket, tmp_path):
     """One SlowDown on GET champion.json (~200 bytes) must not fail a scoring run."""
     from flows.score import score_reviews
@@ -221,7 +212,7 @@ def test_one_busy_answer_to_a_small_read_is_retried(proxy, quiet_bucket, tmp_pat
 
 
 def test_small_object_read_error_is_what_the_classifier_sees(proxy, quiet_bucket):
-    """Pins the pyarrow behaviour behind the xfail above: one throttled GET of a small object fails at
+    """Pins the pyarrow behaviour behind the retry test above: one throttled GET of a small object fails at
     once (no SDK retry), with a message that names no HTTP status."""
     loc = storage.resolve(quiet_bucket).join("small.json")
     storage.write_json(loc, {"version": "x"})
@@ -252,8 +243,6 @@ def test_successful_run_leaves_no_claim_objects(s3_bucket, s3_client, registry, 
     # GetObject 500 whose message came back empty (seen at random through the proxy).
     "s3://reviews/there.json: AWS Error INTERNAL_FAILURE during GetObject operation: ",
 ])
-@pytest.mark.xfail(strict=True, reason="infra.storage.is_transient knows neither 'HTTP status 500' nor "
-                                       "Arrow's INTERNAL_FAILURE spelling of a server-side 5xx")
 def test_is_transient_knows_every_spelling_of_a_5xx(message):
     assert storage.is_transient(storage.StorageError(message))
 
@@ -287,8 +276,6 @@ def test_the_error_that_failed_the_run_is_the_one_reported(proxy, quiet_bucket, 
     ("s3://reviews/dumps/timeout-study/a.parquet: AWS Error UNKNOWN (HTTP status 400) during HeadObject operation: "
      "No response body.", False),
 ])
-@pytest.mark.xfail(strict=True, reason="infra.storage.is_transient matches marker substrings anywhere in the "
-                                       "message, bucket names and keys included")
 def test_is_transient_looks_at_the_error_not_at_names(message, transient):
     assert storage.is_transient(storage.StorageError(message)) is transient
 
