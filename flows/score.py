@@ -19,11 +19,11 @@ from models.registry import ModelRegistry
 from models.scoring import ScoringSpec
 from tasks.reporting import rename_run, short_uri
 from tasks.scoring import (
+    ClaimHeartbeat,
     claim_output,
     clear_output,
     finalize,
     plan_scoring,
-    release_output,
     resolve_model,
     score_unit,
 )
@@ -98,8 +98,9 @@ def score_reviews(
         text_column=text_column,
         vocabulary=_load_vocabulary(registry_uri, chosen["version"]) if text_column else None,
     )
-    claim = claim_output(output, chosen["version"], _run_id())
-    try:
+    layout = f"{input}|{max_rows_per_unit}|{id_column}|{tokens_column}|{text_column}|{threshold}"
+    claim = claim_output(output, chosen["version"], _run_id(), layout)
+    with ClaimHeartbeat(output, claim):
         if overwrite:
             clear_output(output)
         plan = plan_scoring(input, output, spec, max_rows_per_unit, overwrite)
@@ -113,8 +114,6 @@ def score_reviews(
             results = [f.result() for f in futures]
         manifest = finalize(output, plan, results, chosen, parameters, started_at, time.perf_counter() - start,
                             max_reject_fraction)
-    finally:
-        release_output(output, claim)
     t = manifest["totals"]
     return {"rows_in": t["rows_in"], "rows_scored": t["rows_scored"], "rows_rejected": t["rows_rejected"],
             "files": t["files"], "files_failed": t["files_failed"], "model_version": chosen["version"],

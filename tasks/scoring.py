@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -86,47 +89,92 @@ def plan_scoring(input_uri: str, output_uri: str, spec: ScoringSpec, max_rows_pe
     }
 
 
-CLAIM_TTL_SECONDS = 6 * 3600
+CLAIM_TTL_SECONDS = 120.0
+CLAIM_HEARTBEAT_SECONDS = 30.0
+
+
+def _claim_is_live(claim: dict[str, Any], now: datetime, ttl_seconds: float) -> bool:
+    age = (now - datetime.fromisoformat(claim["heartbeat_at"])).total_seconds()
+    if age > ttl_seconds:
+        return False
+    if claim.get("host") == socket.gethostname() and claim.get("pid"):
+        try:
+            os.kill(int(claim["pid"]), 0)  # a run killed on this machine frees its claim at once
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+    return True
+
+
+def _write_claim(out: storage.Location, name: str, claim: dict[str, Any]) -> None:
+    claim["heartbeat_at"] = datetime.now(timezone.utc).isoformat()
+    storage.write_json(out.join("_claims", name), claim)
 
 
 @task(name="claim-output", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def claim_output(output_uri: str, model_version: str, run_id: str,
+def claim_output(output_uri: str, model_version: str, run_id: str, layout: str = "",
                  ttl_seconds: float = CLAIM_TTL_SECONDS) -> str:
-    """Stake a claim on ``output_uri`` so runs with different models never write into it at once.
+    """Stake a claim on ``output_uri`` so that no two incompatible runs write into it at once.
 
-    Object stores have no atomic create-if-absent, so every run writes its claim and
-    then reads all claims back: among live claims of *other* model versions the oldest
-    (then the smallest id) wins and the others fail.  Runs of the same model version
-    write identical parts and may share an output.  A claim older than ``ttl_seconds``
-    (a run that was killed) is stale and ignored.
+    Object stores have no atomic create-if-absent, so every run writes its claim first
+    and then reads all claims back; any live claim of a different model version or unit
+    layout makes this run fail (if two such runs race, both may fail - they never mix).
+    Runs with the same model and layout write identical parts and may share an output.
+    A claim is live while its run refreshes it (see :class:`ClaimHeartbeat`).
     """
     out = storage.resolve(output_uri)
+    name = f"{run_id}.json"
+    claim = {"run_id": run_id, "model_version": model_version, "layout": layout, "host": socket.gethostname(),
+             "pid": os.getpid(), "created_at": datetime.now(timezone.utc).isoformat()}
+    _write_claim(out, name, claim)
     now = datetime.now(timezone.utc)
-    claim = {"run_id": run_id, "model_version": model_version, "created_at": now.isoformat()}
-    name = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{run_id}.json"
-    storage.write_json(out.join("_claims", name), claim)
-    live = []
     for info in storage.list_files(out.join("_claims")):
+        if info.base_name == name:
+            continue
         try:
             other = storage.read_json(storage.Location(out.fs, info.path, info.path))
         except FileNotFoundError:  # released while we listed
             continue
-        age = (now - datetime.fromisoformat(other["created_at"])).total_seconds()
-        if age <= ttl_seconds:
-            live.append((other["created_at"], other["run_id"], other["model_version"], info.base_name))
-    mine = (claim["created_at"], run_id)
-    rivals = sorted(c for c in live if c[2] != model_version and (c[0], c[1]) < mine)
-    if rivals:
-        storage.delete_file(out.join("_claims", name))
-        raise ScoringError(f"{out.uri} is being written by another run (model {rivals[0][2]}, run {rivals[0][1]}); "
-                           "never mixing model versions in one output: wait for it or choose another output")
+        if not _claim_is_live(other, now, ttl_seconds):
+            continue
+        if (other["model_version"], other.get("layout", "")) != (model_version, layout):
+            storage.delete_file(out.join("_claims", name))
+            what = ("model " + other["model_version"]) if other["model_version"] != model_version \
+                else "another unit layout"
+            raise ScoringError(f"{out.uri} is being written by another run ({what}, run {other['run_id']}); "
+                               "one output never mixes runs: wait for it or choose another output")
     return name
 
 
-@task(name="release-output", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def release_output(output_uri: str, claim: str) -> None:
-    out = storage.resolve(output_uri)
-    storage.delete_file(out.join("_claims", claim))
+class ClaimHeartbeat:
+    """Keeps a claim live while the run works; releases it (best effort) at the end."""
+
+    def __init__(self, output_uri: str, name: str, interval: float = CLAIM_HEARTBEAT_SECONDS):
+        self.out, self.name, self.interval = storage.resolve(output_uri), name, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="claim-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        loc = self.out.join("_claims", self.name)
+        while not self._stop.wait(self.interval):
+            try:
+                _write_claim(self.out, self.name, storage.read_json(loc))
+            except Exception as exc:  # noqa: BLE001 - a missed beat only shortens the claim's life
+                logger().warning("could not refresh the output claim %s: %s", loc.uri, exc)
+
+    def __enter__(self) -> "ClaimHeartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            storage.delete_file(self.out.join("_claims", self.name))
+        except Exception as err:  # noqa: BLE001 - never mask the error that ended the run
+            logger().warning("could not release the output claim %s: %s", self.name, err)
+        return False
 
 
 @task(name="clear-output", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
@@ -254,6 +302,12 @@ def finalize(output_uri: str, plan: dict[str, Any], results: list[dict[str, Any]
     table("scoring-files", [{k: f[k] for k in ("uri", "rows_in", "rows_scored", "rows_rejected", "error")}
                             for f in files], "Rows in / scored / rejected per input file")
     markdown("scoring-summary", _summary_markdown(manifest), "Scoring totals, throughput and score histogram")
+    wanted = {part_name(r["unit_id"]) for r in results}
+    stray = sorted(i.base_name for i in storage.list_files(out, recursive=False)
+                   if i.base_name.startswith("part-") and i.base_name not in wanted)
+    if stray:
+        raise ScoringError(f"{out.uri} holds {len(stray)} part(s) this run did not plan (e.g. {stray[0]}): another "
+                           "run wrote into it; not marking it complete")
     fraction = totals["rows_rejected"] / totals["rows_in"] if totals["rows_in"] else 0.0
     if fraction > max_reject_fraction:
         raise ScoringError(f"{fraction:.1%} of rows were rejected (limit {max_reject_fraction:.1%}); "

@@ -227,18 +227,41 @@ def test_missing_input_is_a_clear_error(tmp_path, registry, prefect_api):
 
 
 def test_runs_with_different_models_never_share_an_output(tmp_path, registry):
-    from tasks.scoring import claim_output, release_output
+    from tasks.scoring import ClaimHeartbeat, claim_output
 
     out = str(tmp_path / "out")
-    first = claim_output.fn(out, "model-a", "run-1")
-    # The same model version may share the output (its parts are identical) ...
-    same = claim_output.fn(out, "model-a", "run-2")
-    # ... another version may not, while the first claim is live.
-    with pytest.raises(ScoringError, match="another run"):
-        claim_output.fn(out, "model-b", "run-3")
+    first = claim_output.fn(out, "model-a", "run-1", "layout-1")
+    # The same model and layout may share the output (its parts are identical) ...
+    same = claim_output.fn(out, "model-a", "run-2", "layout-1")
+    # ... another model or another unit layout may not, while those claims are live.
+    with pytest.raises(ScoringError, match="model model-a"):
+        claim_output.fn(out, "model-b", "run-3", "layout-1")
+    with pytest.raises(ScoringError, match="another unit layout"):
+        claim_output.fn(out, "model-a", "run-4", "layout-2")
     assert sorted(os.listdir(tmp_path / "out" / "_claims")) == sorted([first, same])
-    release_output.fn(out, first)
-    release_output.fn(out, same)
-    claim_output.fn(out, "model-b", "run-4")
-    # A killed run's claim goes stale after its time-to-live.
-    claim_output.fn(out, "model-c", "run-5", ttl_seconds=0.0)
+    # Leaving the heartbeat releases a claim.
+    for name in (first, same):
+        with ClaimHeartbeat(out, name, interval=0.05):
+            pass
+    assert os.listdir(tmp_path / "out" / "_claims") == []
+    claim_output.fn(out, "model-b", "run-5")
+    # A claim whose run stopped refreshing it goes stale after its time-to-live.
+    claim_output.fn(out, "model-c", "run-6", ttl_seconds=0.0)
+
+
+def test_claim_of_a_dead_process_on_this_host_is_stale(tmp_path):
+    import json
+    import socket
+    import subprocess
+
+    from tasks.scoring import claim_output
+
+    out = tmp_path / "out"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / "_claims").mkdir(parents=True)
+    (out / "_claims" / "old.json").write_text(json.dumps({
+        "run_id": "old", "model_version": "model-a", "layout": "", "host": socket.gethostname(), "pid": dead.pid,
+        "created_at": "2026-01-01T00:00:00+00:00", "heartbeat_at": __import__("datetime").datetime.now(
+            __import__("datetime").timezone.utc).isoformat()}))
+    claim_output.fn(str(out), "model-b", "new")
