@@ -14,7 +14,11 @@ Measured, interleaved in rounds (each round runs every predictor once on the sam
 rotating order), reported as medians over ``--repeat`` rounds:
 
 * ``keras``: ``model.predict(x, batch_size=--batch-size)``;
-* ``onnx``: ONNX Runtime on the plain export (``model.export(format="onnx")``), :class:`OnnxPredictor`;
+* ``onnx``: ONNX Runtime on the plain export (``model.export(format="onnx")``), :class:`OnnxPredictor`
+  (one run at a time, ONNX Runtime's intra-op threads);
+* ``onnx-batch-parallel``: the same plain graph, batches run concurrently on one thread each
+  (:class:`models.fast_lstm.BatchParallelOnnxPredictor`, the fast predictor's scheduling) - so
+  ``fast/onnx-batch-parallel`` is the gain of the graph alone;
 * ``fast-<form>``: :class:`models.fast_lstm.FastLstmPredictor` on the gate-table graph, per ``--forms``;
 * ``roofline``: a 2048 x 2048 @ 2048 x 2048 float32 numpy matmul: GFLOP/s, turned into the
   reviews/s a machine doing nothing but the plain model's FLOPs at that rate would reach
@@ -166,7 +170,7 @@ def rounds(runners: dict[str, Callable[[], Any]], repeat: int) -> dict[str, list
 def bench_maxlen(maxlen: int, args, reviews) -> dict[str, Any]:
     import numpy as np
 
-    from models.fast_lstm import FastLstmPredictor, build_fast_onnx, describe
+    from models.fast_lstm import BatchParallelOnnxPredictor, FastLstmPredictor, build_fast_onnx, describe
     from models.predictors import OnnxPredictor, keras_reference
     from models.presets import get_preset
 
@@ -182,7 +186,10 @@ def bench_maxlen(maxlen: int, args, reviews) -> dict[str, Any]:
 
     reference = np.asarray(model.predict(x, batch_size=args.batch_size, verbose=0), np.float32).reshape(-1)
     threads = args.threads
-    predictors: dict[str, Any] = {"onnx": OnnxPredictor(plain_onnx_bytes(model), args.batch_size, threads)}
+    plain = plain_onnx_bytes(model)
+    predictors: dict[str, Any] = {"onnx": OnnxPredictor(plain, args.batch_size, threads),
+                                  "onnx-batch-parallel": BatchParallelOnnxPredictor(plain, args.batch_size, threads)}
+    del plain
     build_s = {}
     for form in args.forms:
         t = time.perf_counter()
@@ -230,6 +237,7 @@ def bench_maxlen(maxlen: int, args, reviews) -> dict[str, Any]:
     best = max(fast_names, key=lambda n: result["predictors"][n]["reviews_per_s"])
     result["best_fast"] = best
     result["ratios"] = {f"{n}/onnx": ratio(n, "onnx") for n in fast_names}
+    result["ratios"].update({f"{n}/onnx-batch-parallel": ratio(n, "onnx-batch-parallel") for n in fast_names})
     result["ratios"].update({f"{n}/roofline": ratio(n, "roofline") for n in fast_names})
     result["ratios"]["onnx/roofline"] = ratio("onnx", "roofline")
     if "keras" in per_round:

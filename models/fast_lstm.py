@@ -3,25 +3,37 @@
 An LSTM step computes ``z = x_t W + h_{t-1} R + b`` (4U gate pre-activations).  For
 the first LSTM ``x_t`` is an embedding row, so ``E[token] W + b`` depends on the token
 only: it is computed once per vocabulary entry at build time (the V x 4U *gate
-table*), and a step is left with ``Gather(table, token) + h R``.  For the seed model
-(E = 300, U = 128) that removes ``E / (E + U)`` = 70 % of the FLOPs (3.3x fewer).
-The ONNX ``LSTM`` op cannot use the table (its input projection with W = identity
-would cost 4U x 4U per step, more than E x 4U), so the recurrence is spelled out:
+table*, float64 accumulation), and a step is left with ``Gather(table, token) + h R``.
+For the seed model (E = 300, U = 128) that removes ``E / (E + U)`` = 70 % of the FLOPs
+(3.3x fewer); the table is 4U/E = 1.7x the embedding's size (180 MB instead of 106 MB
+for the full IMDB vocabulary).  The ONNX ``LSTM`` op cannot use the table (its input
+projection with W = identity would cost 4U x 4U per step, more than E x 4U), so the
+recurrence is spelled out, in one of two forms:
 
-* ``unrolled`` (default, fastest): one small subgraph per time step (Gather, Gemm,
-  Split, Sigmoid/Tanh, Mul/Add), ``maxlen`` copies of it;
-* ``loop``: the same step as the body of an ONNX ``Loop`` (a constant-size graph;
-  slower, see :mod:`bench.predictor`).
+* ``loop`` (default): the step as the body of an ONNX ``Loop`` - a constant-size graph,
+  built and loaded fast at any maxlen, and its trip count can be cut to the part of a
+  batch that holds tokens (the ``window`` input; length-aware batching, see
+  :func:`window_exact`);
+* ``unrolled``: ``maxlen`` copies of the step subgraph.  As fast as ``loop`` (within
+  noise in ``bench/predictor.py``), but 15 nodes per step and no window.
+
+A step: Gather (table rows), Gemm (``h R + rows``), Sigmoid over i, f, o, Tanh over the
+candidate, Mul/Add/Tanh for ``c`` and ``h`` - with gate layout ``split`` (default) the
+table and R are stored as (., 3U) and (., U) halves so no Split copy is needed before the
+activations.  :class:`FastLstmPredictor` runs whole batches concurrently, one thread each
+(:class:`BatchParallelOnnxPredictor`).
 
 Semantics follow Keras exactly (``keras.src.backend.tensorflow.rnn``), including
 ``mask_zero``: a masked step keeps ``(h, c)``; its output is 0 when the RNN's
 ``zero_output_for_mask`` is set (Bidirectional with ``return_sequences``), else the
 previous output.  Supported topology - anything else raises ``ValueError``:
 
-    Input(int) -> Embedding(mask_zero?) -> [SpatialDropout1D | Dropout]*
+    Input(int, fixed maxlen) -> Embedding(mask_zero?)
       -> n x (LSTM | Bidirectional(LSTM, merge_mode="concat")), all but the last
          returning sequences (the last may return sequences for pooling)
-      -> [ReLU] -> [GlobalMaxPooling1D] -> [ReLU] -> [Dropout]* -> Dense(1, sigmoid)
+      -> [ReLU] -> [GlobalMaxPooling1D] -> [ReLU] -> Dense(1, sigmoid)
+
+with Dropout / SpatialDropout1D anywhere (identity at inference), as a single chain.
 
 LSTMs must use ``activation="tanh"``, ``recurrent_activation="sigmoid"``, float32,
 no state in/out (``stateful``/``return_state``/``initial_state``).
@@ -29,7 +41,10 @@ no state in/out (``stateful``/``return_state``/``initial_state``).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -613,14 +628,62 @@ def window_steps(x: np.ndarray, batch_size: int, sort: bool = True) -> tuple[int
     return steps, len(x) * x.shape[1]
 
 
-class FastLstmPredictor(OnnxPredictor):
-    """ONNX Runtime on the gate-table graph; same interface as :class:`OnnxPredictor`.
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class BatchParallelOnnxPredictor(OnnxPredictor):
+    """:class:`OnnxPredictor` that runs its batches concurrently, each on one thread.
+
+    ONNX Runtime's own intra-op threads split every node and meet at a barrier after it; the
+    gate-table graph has ~15 small nodes per time step, and on a busy machine a descheduled
+    thread stalls each barrier.  Here the session has one intra-op thread and ``threads`` Python
+    threads (default: one per usable core) each run whole batches (``session.run`` is
+    thread-safe and releases the GIL), so nothing waits for anything else."""
+
+    kind = "onnx"
+
+    def __init__(self, onnx_bytes: bytes, batch_size: int = 1024, threads: int = 0):
+        super().__init__(onnx_bytes, batch_size=batch_size, threads=1)
+        self.workers = threads if threads > 0 else _cpu_count()
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx-batch") if self.workers > 1 else None
+
+    def _chunk(self, n: int) -> int:
+        """Rows per run: ``batch_size``, or fewer so that a small input still keeps every worker busy."""
+        return max(1, min(self.batch_size, -(-n // self.workers)))
+
+    def _jobs(self, x: np.ndarray) -> list[tuple[Any, dict[str, np.ndarray]]]:
+        step = self._chunk(len(x))
+        return [(slice(i, i + step), {self.input_name: x[i:i + step]}) for i in range(0, len(x), step)]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.int32)
+        out = np.empty(len(x), dtype=np.float32)
+        jobs = self._jobs(x)
+
+        def run(job) -> None:
+            rows, feed = job
+            out[rows] = self.session.run(None, feed)[0].reshape(-1)
+
+        if self._pool is None or len(jobs) < 2:
+            for job in jobs:
+                run(job)
+        else:
+            list(self._pool.map(run, jobs))  # list(): re-raises a worker's exception here
+        return out
+
+
+class FastLstmPredictor(BatchParallelOnnxPredictor):
+    """ONNX Runtime on the gate-table graph; same interface as :class:`OnnxPredictor`, batches run
+    concurrently (:class:`BatchParallelOnnxPredictor`).
 
     ``length_aware`` (default on; only possible for a ``loop`` graph with a ``window`` input, i.e.
     a masked model, see :func:`window_exact`): rows are sorted by their non-padding span
-    (:func:`batch_order`), and each
-    batch runs only the positions where some row has a token.  Exact; results come back in the
-    input order."""
+    (:func:`batch_order`), and each batch runs only the positions where some row has a token.
+    Exact; results come back in the input order."""
 
     kind = "fast"
 
@@ -636,20 +699,18 @@ class FastLstmPredictor(OnnxPredictor):
                    **kwargs) -> "FastLstmPredictor":
         return cls(build_fast_onnx(model, form=form, layout=layout), **kwargs)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def _jobs(self, x: np.ndarray) -> list[tuple[Any, dict[str, np.ndarray]]]:
         if not self.length_aware:
-            return super().predict(x)
-        x = np.ascontiguousarray(x, dtype=np.int32)
-        out = np.empty(len(x), dtype=np.float32)
-        start, stop = padding_window(x)
-        order = batch_order(start, stop, x.shape[1])
+            return super()._jobs(x)
         T = x.shape[1]
-        for s in range(0, len(x), self.batch_size):
-            rows = order[s:s + self.batch_size]
+        start, stop = padding_window(x)
+        order = batch_order(start, stop, T)
+        step = self._chunk(len(x))
+        jobs = []
+        for s in range(0, len(x), step):
+            rows = order[s:s + step]
             lo, hi = int(start[rows].min()), int(stop[rows].max())
             if hi <= lo:  # all padding: one (masked, state-preserving) step
                 lo, hi = T - 1, T
-            window = np.array([lo, hi], dtype=np.int64)
-            feed = {self.input_name: x[rows], WINDOW_NAME: window}
-            out[rows] = self.session.run(None, feed)[0].reshape(-1)
-        return out
+            jobs.append((rows, {self.input_name: x[rows], WINDOW_NAME: np.array([lo, hi], dtype=np.int64)}))
+        return jobs

@@ -64,6 +64,11 @@ class OnnxPredictor:
         return out
 
 
+def rows_per_batch(maxlen: int, tokens: int = 65536, cap: int = 1024) -> int:
+    """Batch rows sized by tokens: activations grow with maxlen, so long reviews get smaller batches."""
+    return max(16, min(cap, tokens // max(maxlen, 1)))
+
+
 def keras_reference(model, x: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(x, verbose=0, batch_size=256), dtype=np.float32).reshape(-1)
 

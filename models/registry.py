@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import tempfile
+import threading
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
@@ -38,6 +39,7 @@ from models.predictors import (
     check_parity,
     export_onnx,
     keras_reference,
+    rows_per_batch,
 )
 from models.preprocessing import Preprocessing
 
@@ -74,6 +76,19 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def _fast_export(model, probe: np.ndarray, reference: np.ndarray) -> tuple[bytes | None, str]:
+    """The gate-table graph (models.fast_lstm) when the topology allows it and parity holds."""
+    from models.fast_lstm import FastLstmPredictor, build_fast_onnx
+
+    try:
+        data = build_fast_onnx(model)
+        delta = check_parity(FastLstmPredictor(data, batch_size=rows_per_batch(int(probe.shape[1]))), probe,
+                             reference)
+    except (ValueError, ParityError) as exc:
+        return None, f"not exported: {str(exc).splitlines()[0]}"
+    return data, f"model.fast.onnx, parity max |delta| = {delta:.3g}"
 
 
 def _inference_copy(model):
@@ -144,6 +159,7 @@ class ModelRegistry:
             parity = check_parity(OnnxPredictor(onnx_bytes), probe, reference)
         except ParityError as exc:
             raise RegistryError(f"{self.root.uri}: registration refused: {exc}") from exc
+        fast_bytes, fast_note = _fast_export(model, probe, reference)
         files: dict[str, bytes] = {
             "model.keras": keras_bytes,
             "model.onnx": onnx_bytes,
@@ -151,6 +167,8 @@ class ModelRegistry:
             "probe.npy": _npy_bytes(np.ascontiguousarray(probe, dtype=np.int32)),
             "probe_scores.npy": _npy_bytes(reference),
         }
+        if fast_bytes is not None:
+            files["model.fast.onnx"] = fast_bytes
         if vocabulary is not None:
             files["vocabulary.json"] = storage.json_bytes(vocabulary)
         files.update(extra_files or {})
@@ -161,7 +179,8 @@ class ModelRegistry:
             version=version,
             created_at=_now(),
             preprocessing=preprocessing.to_dict(),
-            export={"format": "onnx", "parity_max_abs_delta": parity, "probe_rows": int(len(probe))},
+            export={"format": "onnx", "parity_max_abs_delta": parity, "probe_rows": int(len(probe)),
+                    "fast": fast_note},
             libraries=library_versions(),
             files={name: _sha256(data) for name, data in files.items()},
         )
@@ -245,14 +264,27 @@ class ModelRegistry:
             return _safe_load(path, f"{self.root.uri}: {version}/model.keras")
 
     def load_predictor(self, version: str, kind: str = "auto") -> Predictor:
-        """A parity-checked predictor for ``version``: ONNX Runtime when possible, else Keras."""
-        if kind not in ("auto", "onnx", "keras"):
+        """A parity-checked predictor for ``version``.
+
+        ``auto``: the gate-table ONNX graph when the version has one, else the plain ONNX
+        export, else Keras.  Every predictor is checked against Keras' probe scores.
+        """
+        if kind not in ("auto", "fast", "onnx", "keras"):
             raise RegistryError(f"unknown predictor kind {kind!r}")
         probe, reference = self.probe(version)
+        meta = self.metadata(version)
+        batch = rows_per_batch(int(probe.shape[1]))
         predictor: Predictor
-        if kind in ("auto", "onnx"):
+        if kind in ("auto", "fast") and "model.fast.onnx" in meta.get("files", {}):
+            from models.fast_lstm import FastLstmPredictor
+
+            predictor = FastLstmPredictor(self.read_file(version, "model.fast.onnx", meta), batch_size=batch)
+        elif kind == "fast":
+            raise RegistryError(f"{self.root.uri}: version {version} has no fast predictor "
+                                f"({meta.get('export', {}).get('fast')})")
+        elif kind in ("auto", "onnx"):
             try:
-                predictor = OnnxPredictor(self.read_file(version, "model.onnx"))
+                predictor = OnnxPredictor(self.read_file(version, "model.onnx", meta), batch_size=batch)
             except ImportError:
                 if kind == "onnx":
                     raise
@@ -295,7 +327,21 @@ class ModelRegistry:
                 for f in storage.list_files(self.root.join("audit"))]
 
 
+_predictor_lock = threading.Lock()
+
+
 @lru_cache(maxsize=4)
-def cached_predictor(registry_uri: str, version: str, kind: str = "auto") -> Predictor:
-    """One predictor per process and model version (scoring workers reuse it across units)."""
+def _load_once(registry_uri: str, version: str, kind: str) -> Predictor:
     return ModelRegistry(registry_uri).load_predictor(version, kind)
+
+
+def cached_predictor(registry_uri: str, version: str, kind: str = "auto") -> Predictor:
+    """One predictor per process and model version (scoring workers reuse it across units).
+
+    The lock keeps concurrent units of one process from each loading their own copy.
+    """
+    with _predictor_lock:
+        return _load_once(registry_uri, version, kind)
+
+
+cached_predictor.cache_info = _load_once.cache_info  # type: ignore[attr-defined]

@@ -57,9 +57,12 @@ def _registry_roundtrip(uri: str, model) -> None:
     expected = keras_reference(model, x)
     loaded = registry.load_keras(v2)
     np.testing.assert_allclose(keras_reference(loaded, x), expected, atol=1e-6)
+    assert meta["export"]["fast"].startswith("model.fast.onnx"), meta["export"]
     fast = registry.load_predictor(v2)
-    assert fast.kind == "onnx"
+    assert fast.kind == "fast", "auto prefers the gate-table graph"
     assert np.max(np.abs(fast.predict(x) - expected)) <= 1e-5
+    plain = registry.load_predictor(v2, kind="onnx")
+    assert plain.kind == "onnx" and np.max(np.abs(plain.predict(x) - expected)) <= 1e-5
     assert registry.load_predictor(v2, kind="keras").kind == "keras"
     assert registry.preprocessing(v2).maxlen == CONFIG.maxlen
     assert registry.vocabulary(v2)["words"][0] == "w0"
@@ -93,10 +96,11 @@ def test_unfinished_registration_is_invisible(tmp_path, tiny_model):
 def test_tampered_file_is_refused(tmp_path, tiny_model):
     registry = ModelRegistry(str(tmp_path))
     v1 = _register(registry, tiny_model)
-    onnx_path = tmp_path / "versions" / v1 / "model.onnx"
-    onnx_path.write_bytes(onnx_path.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(RegistryError, match="checksum"):
-        registry.load_predictor(v1)
+    for name, kind in (("model.onnx", "onnx"), ("model.fast.onnx", "auto")):
+        path = tmp_path / "versions" / v1 / name
+        path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+        with pytest.raises(RegistryError, match="checksum"):
+            registry.load_predictor(v1, kind=kind)
 
 
 def test_lambda_layer_is_refused(tmp_path):
