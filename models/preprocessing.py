@@ -67,14 +67,14 @@ def as_list_array(tokens: "pa.Array | pa.ChunkedArray") -> pa.ListArray | pa.Lar
 
 def map_indices(values: np.ndarray, prep: Preprocessing) -> np.ndarray:
     """Keras ``load_data`` OOV rule: keep ``skip_top <= w < num_words``, else ``oov_char``."""
-    values = values.astype(np.int32, copy=False)
     upper = prep.input_dim if prep.input_dim else None
     if upper is None and prep.skip_top == 0:
-        return values
+        return values.astype(np.int32, copy=False)
+    # Compare before narrowing to int32, so huge ids become OOV instead of wrapping around.
     keep = values >= prep.skip_top
     if upper is not None:
         keep &= values < upper
-    return np.where(keep, values, np.int32(prep.oov_char)).astype(np.int32, copy=False)
+    return np.where(keep, values, prep.oov_char).astype(np.int32, copy=False)
 
 
 def to_matrix(tokens: "pa.Array | pa.ChunkedArray", prep: Preprocessing) -> np.ndarray:

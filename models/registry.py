@@ -106,7 +106,7 @@ def _safe_load(path: str, what: str):
     try:
         # safe_mode refuses Lambda layers and any other deserialised Python code.
         return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # Keras refuses unsafe configs with either
         raise RegistryError(f"{what} cannot be loaded with Keras safe_mode=True: {str(exc).splitlines()[0]}") from exc
 
 

@@ -119,14 +119,20 @@ def _token_reasons(tokens: pa.Array, vocab_size: int) -> np.ndarray:
         (pc.fill_null(pc.equal(lengths, 0), False).to_numpy(zero_copy_only=False), EMPTY_SEQ),
         (rows_with(pc.is_null(values)), NULL_TOKEN),
     ]
+    # Compare in one wide type of the values' own kind: uint64 ids beyond int64 and
+    # float16 tokens must be judged per row, not fail the whole batch.
+    t = values.type
+    wide = pa.uint64() if pa.types.is_unsigned_integer(t) else pa.int64() if pa.types.is_integer(t) else pa.float64()
+    values = values.cast(wide)
     filled = pc.fill_null(values, 0)
-    if pa.types.is_floating(values.type):
+    if pa.types.is_floating(wide):
         finite = pc.is_finite(filled)
         checks.append((rows_with(pc.invert(finite)), NON_FINITE))
         filled = pc.if_else(finite, filled, 0)
         checks.append((rows_with(pc.not_equal(pc.floor(filled), filled)), NON_INTEGER))
-    checks.append((rows_with(pc.less(filled, 0)), NEGATIVE))
-    checks.append((rows_with(pc.greater_equal(filled, vocab_size)), TOO_LARGE))
+    if not pa.types.is_unsigned_integer(wide):
+        checks.append((rows_with(pc.less(filled, pa.scalar(0, wide))), NEGATIVE))
+    checks.append((rows_with(pc.greater_equal(filled, pa.scalar(vocab_size, wide))), TOO_LARGE))
     codes = np.zeros(n, dtype=np.int8)
     # The first failing check names the row: assign in reverse so earlier checks win.
     for mask, code in reversed(checks):

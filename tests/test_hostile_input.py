@@ -233,8 +233,6 @@ def test_hostile_token_corpus(tmp_path, registry, prefect_api):
     assert summary["files_failed"] == sum(1 for e in exp.values() if "error" in e)
 
 
-@pytest.mark.xfail(strict=True, reason="models/scoring.py: check_schema accepts list<halffloat>, but _token_reasons' "
-                                       "pc.if_else has no halffloat kernel: the unit is reported unreadable")
 def test_float16_tokens_are_scored_or_rejected_per_row(tmp_path, registry, prefect_api):
     """Half floats pass the schema check (they are floating point), so they must be validated per row."""
     src = tmp_path / "in"
@@ -249,9 +247,6 @@ def test_float16_tokens_are_scored_or_rejected_per_row(tmp_path, registry, prefe
     assert f["rows_scored"] == 1 and f["rows_rejected"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="models/scoring.py _token_reasons compares uint64 values with int64 scalars "
-                                       "(pc.less(v, 0), pc.greater_equal(v, vocab)): a value >= 2**63 raises "
-                                       "ArrowInvalid and the whole unit, good rows too, is reported unreadable")
 def test_uint64_token_ids_beyond_int64_max_are_rejected_per_row(tmp_path, registry, prefect_api):
     src = tmp_path / "in"
     src.mkdir()
@@ -471,8 +466,6 @@ def test_to_matrix_equals_keras_pad_sequences(rows, prep, kind, lead, value_type
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.xfail(strict=True, reason="models/preprocessing.py map_indices casts to int32 before the "
-                                       "num_words/skip_top comparison, so ids beyond int32 wrap into the vocabulary")
 def test_to_matrix_maps_ids_beyond_int32_to_oov():
     prep = Preprocessing(maxlen=3, num_words=10)
     got = to_matrix(pa.array([[2**32 + 5, -(2**32) + 7, 4]], pa.list_(pa.int64())), prep)

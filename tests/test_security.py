@@ -284,8 +284,6 @@ def test_keras_config_importing_arbitrary_modules_is_refused(tmp_path):
     assert not marker.exists(), "the injected call ran"
 
 
-@pytest.mark.xfail(strict=True, reason="models/registry.py _safe_load wraps only ValueError; Keras refuses unknown "
-                                       "or non-Keras classes with TypeError, which escapes unwrapped")
 def test_keras_refusal_is_a_registry_error(tmp_path):
     root, version, marker = _inject_module_call(tmp_path)
     with pytest.raises(RegistryError, match="safe_mode"):
