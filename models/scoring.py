@@ -92,13 +92,14 @@ def check_schema(schema: pa.Schema, spec: ScoringSpec) -> None:
 
 
 # Rejection reasons as small integer codes (0 = scored) so the hot path stays in numpy.
-OK, NULL_ID, NULL_SEQ, EMPTY_SEQ, NULL_TOKEN, NON_FINITE, NON_INTEGER, NEGATIVE, TOO_LARGE, NULL_TEXT, EMPTY_TEXT = range(11)
+(OK, NULL_ID, NULL_SEQ, EMPTY_SEQ, NULL_TOKEN, NON_FINITE, NON_INTEGER, NEGATIVE, TOO_LARGE, NULL_TEXT, EMPTY_TEXT,
+ BAD_UTF8) = range(12)
 
 
 def reason_labels(vocab_size: int) -> list[str]:
     return ["", "null review id", "null token sequence", "empty token sequence", "null token id",
             "non-finite token id (NaN or inf)", "non-integer token id", "negative token id",
-            f"token id >= vocabulary size {vocab_size}", "null text", "empty text"]
+            f"token id >= vocabulary size {vocab_size}", "null text", "empty text", "invalid UTF-8 text"]
 
 
 def _token_reasons(tokens: pa.Array, vocab_size: int) -> np.ndarray:
@@ -147,10 +148,23 @@ def encode_text(texts: pa.Array, spec: ScoringSpec) -> tuple[pa.Array, np.ndarra
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     is_null = pc.is_null(texts).to_numpy(zero_copy_only=False)
-    tokens = spec.vocabulary.encode(pc.fill_null(texts, "").to_pylist())
+    bad_utf8 = np.zeros(len(texts), dtype=bool)
+    try:
+        py = pc.fill_null(texts, "").to_pylist()
+    except UnicodeDecodeError:
+        # Parquet does not validate UTF-8: judge such rows one by one instead of failing the batch.
+        py = []
+        for i, raw in enumerate(texts.cast(pa.binary()).to_pylist()):
+            try:
+                py.append((raw or b"").decode("utf-8"))
+            except UnicodeDecodeError:
+                py.append("")
+                bad_utf8[i] = True
+    tokens = spec.vocabulary.encode(py)
     codes = np.zeros(len(texts), dtype=np.int8)
     # Only the start marker left: nothing to read.
     codes[pc.less_equal(pc.list_value_length(tokens), 1).to_numpy(zero_copy_only=False)] = EMPTY_TEXT
+    codes[bad_utf8] = BAD_UTF8
     codes[is_null] = NULL_TEXT
     return tokens, codes
 

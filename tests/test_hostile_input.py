@@ -330,8 +330,6 @@ def test_text_column_with_unicode_and_control_characters(tmp_path, registry, pre
         np.testing.assert_allclose(scores[ids[i]], _expected_scores([tokens])[0], atol=1e-5, err_msg=repr(text))
 
 
-@pytest.mark.xfail(strict=True, reason="models/scoring.py encode_text: invalid UTF-8 in a string column raises "
-                                       "UnicodeDecodeError (not an Arrow error) and fails the whole run")
 def test_text_column_with_invalid_utf8_never_crashes(tmp_path, registry, prefect_api):
     src = tmp_path / "in"
     src.mkdir()
@@ -342,7 +340,9 @@ def test_text_column_with_invalid_utf8_never_crashes(tmp_path, registry, prefect
     _, _, files = _score(str(src), out, registry, text_column="text")
     f = files["bad-utf8.parquet"]
     assert f["rows_in"] == 3
-    assert f["rows_scored"] >= 1 or (f["error"] and "bad-utf8.parquet" in f["error"])
+    assert f["rows_scored"] == 1 and f["rows_rejected"] == 2
+    rejected = pq.read_table(next((tmp_path / "out" / "_rejected").glob("*.parquet")))
+    assert rejected.column("reason").to_pylist() == ["invalid UTF-8 text", "invalid UTF-8 text"]
 
 
 def test_one_bad_row_in_a_million(tmp_path, registry, prefect_api):
