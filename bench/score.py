@@ -231,7 +231,6 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
 def child_naive(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     import keras
-    import numpy as np
     import pandas as pd
 
     from models.registry import ModelRegistry

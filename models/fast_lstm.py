@@ -196,7 +196,6 @@ def _chain(model) -> list:
 
 def describe(model) -> NetworkSpec:
     """Read the supported topology and its weights from a Keras model; ValueError otherwise."""
-    import keras
     from keras import layers as L
 
     chain = _chain(model)

@@ -13,7 +13,7 @@ from models import evaluation
 from models.presets import TrainConfig
 from models.training import FitResult, fit, predict_scores
 from tasks.data import TrainingSet
-from tasks.reporting import logger, markdown, table
+from tasks.reporting import logger, table
 
 
 @task(name="train-model", cache_policy=NO_CACHE)

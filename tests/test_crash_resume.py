@@ -26,7 +26,6 @@ from tests.tinymodel import (
     read_output,
     register_tiny,
     start_score,
-    subprocess_env,
 )
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
