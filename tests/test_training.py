@@ -195,10 +195,13 @@ def test_default_architecture_registers_with_onnx_parity(tmp_path):
                                 {"preset": "default"}, probe)
     meta = registry.metadata(version)
     assert meta["export"]["parity_max_abs_delta"] <= 1e-5
-    predictor = registry.load_predictor(version)
-    assert predictor.kind == "onnx"
+    # The default topology (masked BiLSTM, ReLU, max pooling) gets the gate-table graph too.
+    assert meta["export"]["fast"].startswith("model.fast.onnx"), meta["export"]
     x = _reviews(50, config.maxlen, "pre", seed=9)
-    np.testing.assert_allclose(predictor.predict(x), keras_reference(model, x), atol=1e-5, rtol=0)
+    for kind in ("auto", "onnx"):
+        predictor = registry.load_predictor(version, kind=kind)
+        assert predictor.kind == {"auto": "fast", "onnx": "onnx"}[kind]
+        np.testing.assert_allclose(predictor.predict(x), keras_reference(model, x), atol=1e-5, rtol=0)
 
 
 def test_predict_scores_buckets_masked_models_exactly():
