@@ -138,7 +138,8 @@ class ModelRegistry:
         The ONNX export must reproduce Keras on ``probe`` within 1e-5, else nothing is
         committed.  The first version of an empty registry becomes champion.
         """
-        version = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        # Microseconds keep names in registration order; the suffix keeps concurrent ones apart.
+        version = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S%f-") + secrets.token_hex(3)
         vdir = self._version_dir(version)
         reference = keras_reference(model, probe)
         with tempfile.TemporaryDirectory(prefix="reviews-register-") as tmp:
