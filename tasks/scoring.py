@@ -190,13 +190,17 @@ def clear_output(output_uri: str) -> int:
     return removed
 
 
-def _unit_result(unit: dumps.Unit, meta: dict[str, Any], skipped: bool, seconds: float) -> dict[str, Any]:
+def _unit_result(unit: dumps.Unit, meta: dict[str, Any], skipped: bool, seconds: float,
+                 model_seconds: float = 0.0) -> dict[str, Any]:
+    # model_seconds: time spent getting the predictor (loading it, or waiting for another unit of
+    # this process to load it); the rest of ``seconds`` is this unit's own work.
     return {"unit_id": unit.unit_id, "file": unit.file_uri, "row_groups": unit.row_groups,
             "rows_in": meta["rows_in"], "rows_scored": meta["rows_scored"], "rows_rejected": meta["rows_rejected"],
-            "skipped": skipped, "seconds": round(seconds, 3), "error": meta.get("error")}
+            "skipped": skipped, "seconds": round(seconds, 3), "model_seconds": round(model_seconds, 3),
+            "error": meta.get("error")}
 
 
-@task(name="score-unit", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(name="score-unit", task_run_name="score-unit-{unit[unit_id]}", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def score_unit(unit: dict[str, Any], output_uri: str, spec: ScoringSpec, registry_uri: str,
                batch_size: int = 8192, predictor_kind: str = "auto") -> dict[str, Any]:
     """Score one file x row-group range; publish its part atomically; return counts only."""
@@ -213,7 +217,9 @@ def score_unit(unit: dict[str, Any], output_uri: str, spec: ScoringSpec, registr
         progress.advance(done["rows_in"])
         return _unit_result(u, done, skipped=True, seconds=time.perf_counter() - start)
 
+    t = time.perf_counter()
     predictor = cached_predictor(registry_uri, spec.model_version, predictor_kind)
+    model_seconds = time.perf_counter() - t
     fs = storage.resolve(u.file_uri).fs
     base = {"model_version": spec.model_version, "unit_id": u.unit_id, "source": u.file_uri}
 
@@ -249,7 +255,7 @@ def score_unit(unit: dict[str, Any], output_uri: str, spec: ScoringSpec, registr
     if rejected.rows:
         rejected.commit(counts)
     scored.commit(counts)  # the unit's commit point: its existence means "done"
-    return _unit_result(u, counts, skipped=False, seconds=time.perf_counter() - start)
+    return _unit_result(u, counts, skipped=False, seconds=time.perf_counter() - start, model_seconds=model_seconds)
 
 
 def _histogram(output_uri: str, bins: int = 10) -> list[int]:
@@ -267,7 +273,7 @@ def _histogram(output_uri: str, bins: int = 10) -> list[int]:
 @task(name="finalize-scoring", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def finalize(output_uri: str, plan: dict[str, Any], results: list[dict[str, Any]], model: dict[str, Any],
              parameters: dict[str, Any], started_at: str, seconds: float,
-             max_reject_fraction: float) -> dict[str, Any]:
+             max_reject_fraction: float, units_seconds: float | None = None) -> dict[str, Any]:
     """Write ``_manifest.json`` and ``_SUCCESS``; publish artifacts; enforce the reject limit."""
     out = storage.resolve(output_uri)
     by_file: dict[str, dict[str, int]] = {}
@@ -296,6 +302,8 @@ def finalize(output_uri: str, plan: dict[str, Any], results: list[dict[str, Any]
         "score_histogram": {"bins": [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)], "counts": hist},
         "timings": {"started_at": started_at, "finished_at": datetime.now(timezone.utc).isoformat(),
                     "seconds": round(seconds, 3),
+                    # wall time of the units phase (first unit submitted to last result back)
+                    "units_seconds": round(units_seconds, 3) if units_seconds is not None else None,
                     "rows_per_second": round(totals["rows_in"] / seconds, 1) if seconds > 0 else None},
     }
     storage.write_json(out.join("_manifest.json"), manifest)
