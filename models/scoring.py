@@ -107,7 +107,13 @@ def _token_reasons(tokens: pa.Array, vocab_size: int) -> np.ndarray:
     arr = as_list_array(tokens)
     n = len(arr)
     lengths = pc.list_value_length(arr)
-    values = pc.list_flatten(arr)
+    # The values the offsets span, null slots included, so that they line up with
+    # list_parent_indices (list_flatten would skip values under a null slot; the Parquet
+    # reader never puts any there, other producers may).  Null rows are named by NULL_SEQ,
+    # which wins over any verdict on such values.
+    offsets = arr.offsets
+    first, last = (offsets[0].as_py(), offsets[-1].as_py()) if len(arr) else (0, 0)
+    values = arr.values.slice(first, last - first)
     parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
 
     def rows_with(mask: pa.Array) -> np.ndarray:

@@ -525,10 +525,12 @@ def test_token_reasons_one_code_per_row_and_never_ok_out_of_range(data, vocab_si
             assert code != OK
 
 
-@pytest.mark.xfail(strict=True, reason="models/scoring.py _token_reasons: list_flatten skips the values under null "
-                                       "list slots but list_parent_indices does not -> IndexError")
 def test_token_reasons_with_null_slots_over_values():
     # A valid Arrow array (e.g. from IPC or another library): slot 1 is null but its offsets span 2 values.
     arr = pa.ListArray.from_arrays(pa.array([0, 2, 4, 5], pa.int32()), pa.array([1, 2, 99, 98, 3], pa.int64()),
                                    mask=pa.array([False, True, False]))
     assert _token_reasons(arr, 10).tolist() == [OK, NULL_SEQ, OK]
+    # Slices keep their own rows' verdicts (offsets of a slice do not start at 0).
+    assert _token_reasons(arr.slice(1, 2), 10).tolist() == [NULL_SEQ, OK]
+    assert _token_reasons(arr.slice(2, 1), 10).tolist() == [OK]
+    assert _token_reasons(arr.slice(0, 0), 10).tolist() == []

@@ -92,10 +92,32 @@ def _roundtrip(in_uri: str, out_uri: str, registry) -> None:
     for f in manifest["inputs"]:
         assert f["rows_in"] == f["rows_scored"] + f["rows_rejected"]
         assert f["size"] > 0 and f["mtime"]
+    # Timings for the overhead figures: the units phase within the run, model time within a unit.
+    timings = manifest["timings"]
+    assert 0 < timings["units_seconds"] <= timings["seconds"]
+    for u in manifest["units"]:
+        assert 0 <= u["model_seconds"] <= u["seconds"]
 
 
 def test_score_local_roundtrip(tmp_path, registry, prefect_api):
     _roundtrip(str(tmp_path / "in"), str(tmp_path / "out"), registry)
+
+
+def test_unit_task_runs_are_named_after_their_unit_and_untagged(tmp_path, registry, prefect_api):
+    """Untagged: Prefect asks the API for tag concurrency slots around every tagged task run."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    src, out = str(tmp_path / "in"), str(tmp_path / "out")
+    _make_dump(src, n=300, files_rows=150, rg=50)
+    state = score_reviews(input=src, output=out, registry=registry["uri"], max_rows_per_unit=100,
+                          return_state=True)
+    units = [u["unit_id"] for u in storage.read_json(storage.resolve(out).join("_manifest.json"))["units"]]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    unit_runs = [r for r in runs if r.name.startswith("score-unit-")]
+    assert sorted(r.name for r in unit_runs) == sorted(f"score-unit-{u}" for u in units)
+    assert len(units) == 4 and all(not r.tags for r in unit_runs)
 
 
 def test_score_s3_roundtrip(s3_bucket, registry, prefect_api):
