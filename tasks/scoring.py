@@ -200,6 +200,16 @@ def _unit_result(unit: dumps.Unit, meta: dict[str, Any], skipped: bool, seconds:
             "error": meta.get("error")}
 
 
+# A record batch's working set (its padded matrix, the predictor's reordered copy) grows with
+# rows x maxlen: cap the rows so that long-maxlen models do not hold more memory per batch.
+BATCH_TOKENS = 8192 * 64
+
+
+def record_batch_rows(batch_size: int, maxlen: int) -> int:
+    """Rows per record batch: ``batch_size``, fewer when ``maxlen`` makes rows wide."""
+    return max(1, min(batch_size, max(256, BATCH_TOKENS // max(maxlen, 1))))
+
+
 @task(name="score-unit", task_run_name="score-unit-{unit[unit_id]}", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def score_unit(unit: dict[str, Any], output_uri: str, spec: ScoringSpec, registry_uri: str,
                batch_size: int = 8192, predictor_kind: str = "auto") -> dict[str, Any]:
@@ -234,7 +244,8 @@ def score_unit(unit: dict[str, Any], output_uri: str, spec: ScoringSpec, registr
         # Parts keep the input's id type even when a unit yields no rows.
         id_type = pf.schema_arrow.field(spec.id_column).type
         scored, rejected = writers(id_type)
-        for first_row, batch in dumps.iter_unit_batches(pf, u, [spec.id_column, spec.input_column], batch_size):
+        rows = record_batch_rows(batch_size, spec.preprocessing.maxlen)
+        for first_row, batch in dumps.iter_unit_batches(pf, u, [spec.id_column, spec.input_column], rows):
             result: BatchResult = score_batch(batch, spec, predictor, source=u.file_uri, first_row=first_row)
             scored.write(result.scored)
             rejected.write(result.rejected)

@@ -287,3 +287,13 @@ def test_claim_of_a_dead_process_on_this_host_is_stale(tmp_path):
         "created_at": "2026-01-01T00:00:00+00:00", "heartbeat_at": __import__("datetime").datetime.now(
             __import__("datetime").timezone.utc).isoformat()}))
     claim_output.fn(str(out), "model-b", "new")
+
+
+def test_record_batches_are_capped_in_tokens():
+    from tasks.scoring import BATCH_TOKENS, record_batch_rows
+
+    assert record_batch_rows(8192, 50) == 8192  # the seed model: the flow's batch_size
+    assert record_batch_rows(8192, 500) == BATCH_TOKENS // 500 == 1048  # the default model
+    assert record_batch_rows(8192, 100_000) == 256  # never fewer than 256 rows...
+    assert record_batch_rows(100, 500) == 100  # ...and never more than asked for
+    assert record_batch_rows(1, 50) == 1
