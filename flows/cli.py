@@ -29,7 +29,8 @@ _TRAIN_OVERRIDES = {
     "epochs": int, "batch_size": int, "maxlen": int, "padding": str, "truncating": str, "num_words": int,
     "skip_top": int, "embedding_dim": int, "lstm_units": int, "pooling": str, "embedding_dropout": float,
     "dropout": float, "learning_rate": float, "validation_split": float, "early_stopping_patience": int,
-    "lstm_layers": int, "bucket_width": int, "learning_rate_decay": float, "seed": int,
+    "lstm_layers": int, "bucket_width": int, "learning_rate_decay": float, "ema_momentum": float,
+    "seed": int,
 }
 
 

@@ -40,6 +40,7 @@ def retrain_sentiment(
     mask_zero: bool | None = None,
     bucket_width: int | None = None,
     learning_rate_decay: float | None = None,
+    ema_momentum: float | None = None,
     seed: int | None = None,
     accuracy_tolerance: float = 0.0,
     auc_tolerance: float = 0.0,

@@ -34,10 +34,12 @@ warnings.filterwarnings("ignore", message=r"Layer 'max_pool' \(of type GlobalMax
                         r"with a mask")
 
 
-def build_model(config: TrainConfig, input_dim: int, sequence_length: int | None | str = "maxlen"):
+def build_model(config: TrainConfig, input_dim: int, sequence_length: int | None | str = "maxlen",
+                steps_per_epoch: int | None = None):
     """The network for ``config``; ``sequence_length=None`` gives a variable-length input
     (training on length buckets), the default the fixed ``config.maxlen`` (serving, export).
-    The two share layer names and weight shapes, so ``set_weights`` moves weights across."""
+    The two share layer names and weight shapes, so ``set_weights`` moves weights across.
+    ``steps_per_epoch``: needed for ``config.ema_momentum`` (when the average is folded in)."""
     import keras
     from keras import layers
 
@@ -61,15 +63,20 @@ def build_model(config: TrainConfig, input_dim: int, sequence_length: int | None
         x = layers.Dropout(config.dropout, name="dropout")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="score")(x)
     model = keras.Model(inputs, outputs, name=f"imdb_lstm_{config.preset}")
-    compile_model(model, config)
+    compile_model(model, config, steps_per_epoch)
     return model
 
 
-def compile_model(model, config: TrainConfig) -> None:
+def compile_model(model, config: TrainConfig, steps_per_epoch: int | None = None) -> None:
     import keras
 
+    ema = {}
+    if config.ema_momentum and steps_per_epoch:
+        # Keras' own Polyak averaging: the average overwrites the weights every epoch's last
+        # step, so validation, early stopping and the saved model all see the averaged weights.
+        ema = dict(use_ema=True, ema_momentum=config.ema_momentum, ema_overwrite_frequency=steps_per_epoch)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, **ema),
         loss="binary_crossentropy",
         metrics=["accuracy"],
     )

@@ -36,6 +36,9 @@ class TrainConfig:
     batch_size: int = 100
     learning_rate: float = 1e-3
     learning_rate_decay: float = 1.0  # epoch e (from 0) trains at learning_rate * learning_rate_decay**e
+    # > 0: Polyak averaging - the optimizer keeps an exponential moving average of the weights
+    # and the model takes it over at the end of every epoch, before validation (0: off).
+    ema_momentum: float = 0.0
     validation_split: float = 0.1
     early_stopping_patience: int | None = None  # None: train all epochs
     seed: int = 42
@@ -57,7 +60,7 @@ class TrainConfig:
             raise ValueError("bucket_width needs mask_zero=True")
         if not 0.0 < self.learning_rate_decay <= 1.0:
             raise ValueError(f"learning_rate_decay must be in (0, 1], got {self.learning_rate_decay}")
-        for name in ("embedding_dropout", "dropout"):
+        for name in ("embedding_dropout", "dropout", "ema_momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         # Fail on bad preprocessing values here, before any data is loaded.

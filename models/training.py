@@ -131,7 +131,8 @@ def fit(
     keras.utils.set_random_seed(config.seed)
     bucketed = bool(config.bucket_width)
     # Bucketed batches vary in length: train a variable-length twin of the serving model.
-    model = build_model(config, input_dim, sequence_length=None if bucketed else "maxlen")
+    model = build_model(config, input_dim, sequence_length=None if bucketed else "maxlen",
+                        steps_per_epoch=-(-len(x_train) // config.batch_size))
     has_val = x_val is not None and len(x_val) > 0
     epoch_times: list[float] = []
     callbacks: list[Any] = []

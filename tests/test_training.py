@@ -49,6 +49,8 @@ def test_default_preset_is_valid_and_bucketed():
     {"dropout": 1.0},
     {"pooling": "mean"},
     {"padding": "sideways"},
+    {"ema_momentum": 1.0},
+    {"ema_momentum": -0.1},
 ])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
@@ -178,6 +180,25 @@ def test_bucketed_fit_is_reproducible_and_returns_the_fixed_length_model():
     acc = float(np.mean((a > 0.5) == y[200:]))
     assert abs(acc - runs[0].history["val_accuracy"][-1]) < 1e-6
     assert acc > 0.75, "the sentiment tokens are easy to learn"
+
+
+@pytest.mark.parametrize("bucketed", [False, True], ids=["numpy", "bucketed"])
+def test_weight_averaging_is_what_validation_sees_and_what_is_kept(bucketed):
+    """ema_momentum: at every epoch's end the model takes over the optimizer's moving average, so
+    the validation metric (and early stopping, and the saved model) are about the averaged weights."""
+    overrides = dict(epochs=2, batch_size=16, learning_rate=0.01, early_stopping_patience=None, ema_momentum=0.9)
+    if not bucketed:
+        overrides.update(bucket_width=0)
+    config = tiny(get_preset("default"), **overrides)
+    x, y = _toy_data(240, config.maxlen, seed=2)
+    averaged = fit(config, INPUT_DIM, x[:200], y[:200], x[200:], y[200:], verbose=0)
+    plain = fit(config.with_overrides(ema_momentum=0.0), INPUT_DIM, x[:200], y[:200], x[200:], y[200:], verbose=0)
+    scores = keras_reference(averaged.model, x[200:])
+    acc = float(np.mean((scores > 0.5) == y[200:]))
+    assert abs(acc - averaged.history["val_accuracy"][-1]) < 1e-6, "validated weights are the kept weights"
+    assert not np.allclose(scores, keras_reference(plain.model, x[200:]), atol=1e-4), "averaging changed them"
+    again = fit(config, INPUT_DIM, x[:200], y[:200], x[200:], y[200:], verbose=0)
+    np.testing.assert_allclose(keras_reference(again.model, x[200:]), scores, atol=1e-5)  # reproducible
 
 
 def test_default_architecture_registers_with_onnx_parity(tmp_path):
