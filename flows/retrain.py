@@ -36,6 +36,7 @@ def retrain_sentiment(
     learning_rate: float | None = None,
     validation_split: float | None = None,
     early_stopping_patience: int | None = None,
+    early_stopping_monitor: Literal["val_loss", "val_accuracy"] | None = None,
     lstm_layers: int | None = None,
     mask_zero: bool | None = None,
     bucket_width: int | None = None,

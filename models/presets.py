@@ -41,6 +41,9 @@ class TrainConfig:
     ema_momentum: float = 0.0
     validation_split: float = 0.1
     early_stopping_patience: int | None = None  # None: train all epochs
+    # What early stopping (and the choice of the epoch whose weights are kept) watches on the
+    # validation split: "val_loss" (lower is better) or "val_accuracy" (higher is better).
+    early_stopping_monitor: str = "val_loss"
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -50,6 +53,9 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.pooling not in ("last", "max"):
             raise ValueError(f"pooling must be 'last' or 'max', got {self.pooling!r}")
+        if self.early_stopping_monitor not in ("val_loss", "val_accuracy"):
+            raise ValueError(f"early_stopping_monitor must be 'val_loss' or 'val_accuracy', "
+                             f"got {self.early_stopping_monitor!r}")
         if self.lstm_layers < 1:
             raise ValueError(f"lstm_layers must be >= 1, got {self.lstm_layers}")
         if self.bucket_width < 0:

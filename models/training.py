@@ -152,7 +152,8 @@ def fit(
             lambda epoch, lr: config.learning_rate * config.learning_rate_decay ** epoch))
     if config.early_stopping_patience is not None and has_val:
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
+            monitor=config.early_stopping_monitor, patience=config.early_stopping_patience,
+            restore_best_weights=True))
     if verbose is None:
         # A live progress bar on a terminal, one line per epoch in logs.
         verbose = 1 if sys.stdout.isatty() else 2
@@ -182,7 +183,12 @@ def fit(
         )
     seconds = time.perf_counter() - start
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    best = int(np.argmin(hist["val_loss"])) + 1 if "val_loss" in hist else len(hist.get("loss", []))
+    monitored = hist.get(config.early_stopping_monitor)
+    if monitored:
+        pick = np.argmax if config.early_stopping_monitor == "val_accuracy" else np.argmin
+        best = int(pick(monitored)) + 1  # the first best epoch, as Keras' EarlyStopping keeps it
+    else:
+        best = len(hist.get("loss", []))
     return FitResult(model, hist, seconds, epoch_times, len(hist.get("loss", [])), best)
 
 

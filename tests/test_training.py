@@ -50,6 +50,7 @@ def test_default_preset_is_valid_and_bucketed():
     {"pooling": "mean"},
     {"padding": "sideways"},
     {"ema_momentum": 1.0},
+    {"early_stopping_monitor": "accuracy"},  # only validation metrics select epochs
     {"ema_momentum": -0.1},
 ])
 def test_bad_settings_are_refused(bad):
@@ -199,6 +200,17 @@ def test_weight_averaging_is_what_validation_sees_and_what_is_kept(bucketed):
     assert not np.allclose(scores, keras_reference(plain.model, x[200:]), atol=1e-4), "averaging changed them"
     again = fit(config, INPUT_DIM, x[:200], y[:200], x[200:], y[200:], verbose=0)
     np.testing.assert_allclose(keras_reference(again.model, x[200:]), scores, atol=1e-5)  # reproducible
+
+
+def test_early_stopping_on_validation_accuracy_keeps_the_most_accurate_epoch():
+    config = tiny(get_preset("default"), epochs=4, batch_size=16, learning_rate=0.03, early_stopping_patience=4,
+                  early_stopping_monitor="val_accuracy")
+    x, y = _toy_data(240, config.maxlen, seed=3)
+    result = fit(config, INPUT_DIM, x[:200], y[:200], x[200:], y[200:], verbose=0)
+    val = result.history["val_accuracy"]
+    assert result.epochs_run == 4 and result.best_epoch == int(np.argmax(val)) + 1
+    kept = float(np.mean((keras_reference(result.model, x[200:]) > 0.5) == y[200:]))
+    assert abs(kept - max(val)) < 1e-6, "the kept weights are the most accurate epoch's"
 
 
 def test_default_architecture_registers_with_onnx_parity(tmp_path):
