@@ -213,6 +213,17 @@ def test_early_stopping_on_validation_accuracy_keeps_the_most_accurate_epoch():
     assert abs(kept - max(val)) < 1e-6, "the kept weights are the most accurate epoch's"
 
 
+def test_deep_preset_trains_on_every_row_for_a_fixed_number_of_epochs():
+    deep = get_preset("deep")
+    assert deep.lstm_layers == 2 and deep.validation_split == 0.0 and deep.early_stopping_patience is None
+    config = tiny(deep, batch_size=16, learning_rate=0.01)
+    x, y = _toy_data(120, config.maxlen, seed=4)
+    result = fit(config, INPUT_DIM, x, y, x[:0], y[:0], verbose=0)  # no validation rows
+    assert result.epochs_run == result.best_epoch == deep.epochs
+    assert "val_loss" not in result.history
+    assert result.model.input_shape == (None, config.maxlen)
+
+
 def test_default_architecture_registers_with_onnx_parity(tmp_path):
     import keras
 
