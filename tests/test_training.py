@@ -224,22 +224,23 @@ def test_deep_preset_trains_on_every_row_for_a_fixed_number_of_epochs():
     assert result.model.input_shape == (None, config.maxlen)
 
 
-def test_default_architecture_registers_with_onnx_parity(tmp_path):
+@pytest.mark.parametrize("preset", ["default", "deep"])
+def test_shipped_architectures_register_with_onnx_parity(tmp_path, preset):
     import keras
 
     from models.registry import ModelRegistry
 
-    config = tiny(get_preset("default"))
+    config = tiny(get_preset(preset))
     keras.utils.set_random_seed(2)
     model = build_model(config, INPUT_DIM)
     # Real-looking reviews (both paddings, empty and full rows) plus the registry's random probe.
     probe = np.concatenate([_reviews(32, config.maxlen, "pre"), probe_batch(INPUT_DIM, config.maxlen, n=64)])
     registry = ModelRegistry(str(tmp_path / "registry"))
     version = registry.register(model, config.preprocessing(vocab_size=INPUT_DIM), None,
-                                {"preset": "default"}, probe)
+                                {"preset": preset}, probe)
     meta = registry.metadata(version)
     assert meta["export"]["parity_max_abs_delta"] <= 1e-5
-    # The default topology (masked BiLSTM, ReLU, max pooling) gets the gate-table graph too.
+    # Masked [stacked] BiLSTMs with ReLU and max pooling get the gate-table graph too.
     assert meta["export"]["fast"].startswith("model.fast.onnx"), meta["export"]
     x = _reviews(50, config.maxlen, "pre", seed=9)
     for kind in ("auto", "onnx"):
