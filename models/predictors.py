@@ -64,9 +64,10 @@ class OnnxPredictor:
         return out
 
 
-def rows_per_batch(maxlen: int, tokens: int = 65536, cap: int = 1024) -> int:
-    """Batch rows sized by tokens: activations grow with maxlen, so long reviews get smaller batches."""
-    return max(16, min(cap, tokens // max(maxlen, 1)))
+def rows_per_batch(maxlen: int, tokens: int = 65536, cap: int = 1024, floor: int = 16) -> int:
+    """Batch rows sized by tokens: activations grow with maxlen, so long reviews get smaller
+    batches - at least ``floor`` rows, never more than ``cap``."""
+    return min(cap, max(floor, tokens // max(maxlen, 1)))
 
 
 def keras_reference(model, x: np.ndarray) -> np.ndarray:

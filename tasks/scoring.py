@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from infra import dumps, progress, storage
+from models.predictors import rows_per_batch
 from models.registry import ModelRegistry, cached_predictor
 from models.scoring import (
     BatchResult,
@@ -207,7 +208,7 @@ BATCH_TOKENS = 8192 * 64
 
 def record_batch_rows(batch_size: int, maxlen: int) -> int:
     """Rows per record batch: ``batch_size``, fewer when ``maxlen`` makes rows wide."""
-    return max(1, min(batch_size, max(256, BATCH_TOKENS // max(maxlen, 1))))
+    return rows_per_batch(maxlen, tokens=BATCH_TOKENS, cap=batch_size, floor=256)
 
 
 @task(name="score-unit", task_run_name="score-unit-{unit[unit_id]}", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
