@@ -191,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--max-rows-per-unit", type=int, default=200_000)
     score.add_argument("--max-reject-fraction", type=float, default=0.05)
     score.add_argument("--overwrite", action="store_true", help="redo units already committed")
-    score.add_argument("--predictor", default="auto", choices=["auto", "onnx", "keras"])
+    score.add_argument("--predictor", default="auto", choices=["auto", "fast", "onnx", "keras", "int8"],
+                       help="auto: exact gate-table graph, else plain ONNX; int8: approximate, only for versions "
+                            "whose accuracy cost was approved at registration")
     score.add_argument("--dask-address", default=None,
                        help="run units on this Dask scheduler (default $REVIEWS_DASK_ADDRESS; else local threads)")
     score.set_defaults(func=cmd_score)

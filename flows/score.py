@@ -76,7 +76,7 @@ def score_reviews(
     max_rows_per_unit: int = 200_000,
     max_reject_fraction: float = 0.05,
     overwrite: bool = False,
-    predictor: Literal["auto", "onnx", "keras"] = "auto",
+    predictor: Literal["auto", "fast", "onnx", "keras", "int8"] = "auto",
     dask_address: str | None = None,
 ) -> dict[str, Any]:
     started_at = datetime.now(timezone.utc).isoformat()

@@ -340,6 +340,24 @@ LAYOUTS = ("fused", "split")
 DEFAULT_LAYOUT = "split"
 
 
+# Precisions of the per-step matrix products (the gate table, activations and head stay float32).
+# "int8": h = o * tanh(c) lies in (-1, 1), as does every LSTM output a next layer reads, so step
+# inputs are quantised with one fixed scale (1/127, uint8 with zero point 128) - no per-batch range,
+# so a review's score never depends on the other rows of its batch - and multiplied by int8 weights
+# (symmetric, one scale per output column) with ONNX Runtime's u8 x s8 kernels (VNNI where the CPU
+# has it).  Not exact: registration measures what it costs in accuracy (models.quantization).
+PRECISIONS = ("float32", "int8")
+INT8_INPUT_SCALE = np.float32(1.0 / 127.0)
+INT8_INPUT_ZERO = np.uint8(128)
+_MS = "com.microsoft"
+
+
+def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights with one float32 scale per output column: ``w ~ q * scale``."""
+    scale = np.maximum(np.abs(w).max(axis=0), np.finfo(np.float32).tiny) / 127.0
+    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+
+
 def _groups(layout: str, units: int) -> list[tuple[int, int]]:
     return [(0, 4 * units)] if layout == "fused" else [(0, 3 * units), (3 * units, 4 * units)]
 
@@ -371,13 +389,41 @@ def _cell(g: _Graph, zs: list[str], c_prev: str | None, units: int, mask: str | 
     return h, c, out
 
 
+class _Weight:
+    """One weight matrix of a step's products, float32 or int8 (see PRECISIONS)."""
+
+    def __init__(self, g: _Graph, w: np.ndarray, hint: str, precision: str):
+        self.int8 = precision == "int8"
+        if self.int8:
+            q, scale = quantize_columns(w)
+            self.q, self.scale = g.const(q, hint + "q"), g.const(scale, hint + "s")
+        else:
+            self.w = g.const(w, hint)
+
+    @staticmethod
+    def prepare(g: _Graph, x: str, precision: str) -> str:
+        """``x`` as the products take it: quantised once, however many weights it meets."""
+        if precision != "int8":
+            return x
+        return g.op("QuantizeLinear", [x, g.const(INT8_INPUT_SCALE, "xs"), g.const(INT8_INPUT_ZERO, "xz")], "xq")
+
+    def times_plus(self, g: _Graph, x: str, acc: str, hint: str) -> str:
+        """``x @ w + acc`` (``x`` from :meth:`prepare`)."""
+        if not self.int8:
+            return g.op("Gemm", [x, self.w, acc], hint)
+        y = g.op("MatMulIntegerToFloat", [x, self.q, g.const(INT8_INPUT_SCALE, "xs"), self.scale,
+                                          g.const(INT8_INPUT_ZERO, "xz")], hint + "_i8", domain=_MS)
+        return g.op("Add", [y, acc], hint)
+
+
 class _Inputs:
     """Per-group initializers for one direction's input pre-activations (the ``base`` of a step)."""
 
     def __init__(self, g: _Graph, spec: NetworkSpec, layer_index: int, d: LstmWeights,
-                 part_widths: list[int], layout: str, tag: str):
+                 part_widths: list[int], layout: str, tag: str, precision: str = "float32"):
         self.groups = _groups(layout, d.units)
         self.first = layer_index == 0
+        self.precision = precision
         if self.first:
             table = gate_table(spec.embeddings, d)
             self.tables = [g.const(_cols(table, gr), f"{tag}_table") for gr in self.groups]
@@ -389,11 +435,11 @@ class _Inputs:
             for gr in self.groups:
                 row, ws = 0, []
                 for width in part_widths:
-                    ws.append(g.const(_cols(kernel[row:row + width], gr), f"{tag}_W"))
+                    ws.append(_Weight(g, _cols(kernel[row:row + width], gr), f"{tag}_W", precision))
                     row += width
                 self.weights.append(ws)
         recurrent = _reorder(d.recurrent, d.units)
-        self.recurrent = [g.const(_cols(recurrent, gr), f"{tag}_R") for gr in self.groups]
+        self.recurrent = [_Weight(g, _cols(recurrent, gr), f"{tag}_R", precision) for gr in self.groups]
 
     def bases(self, g: _Graph, tokens: str | None, parts: list[str] | None) -> list[str]:
         """Nodes (in graph ``g``) computing the step's input pre-activations from the token ids
@@ -401,17 +447,19 @@ class _Inputs:
         if self.first:
             return [g.op("Gather", [t, tokens], "g", axis=0) for t in self.tables]
         out = []
+        xs = [_Weight.prepare(g, x, self.precision) for x in parts]
         for bias, ws in zip(self.biases, self.weights):
             acc = bias
-            for x, w in zip(parts, ws):
-                acc = g.op("Gemm", [x, w, acc], "xw")
+            for x, w in zip(xs, ws):
+                acc = w.times_plus(g, x, acc, "xw")
             out.append(acc)
         return out
 
     def step(self, g: _Graph, bases: list[str], h: str | None) -> list[str]:
         if h is None:  # first step: h = 0
             return bases
-        return [g.op("Gemm", [h, r, b], "z") for r, b in zip(self.recurrent, bases)]
+        h = _Weight.prepare(g, h, self.precision)
+        return [r.times_plus(g, h, b, "z") for r, b in zip(self.recurrent, bases)]
 
 
 def _head(g: _Graph, spec: NetworkSpec, features: list[str]) -> None:
@@ -429,7 +477,7 @@ def _mask_seq(g: _Graph, xt: str) -> str:
                               g.const([2], "ax", np.int64)], "mask")
 
 
-def _build_unrolled(spec: NetworkSpec, layout: str) -> _Graph:
+def _build_unrolled(spec: NetworkSpec, layout: str, precision: str) -> _Graph:
     g = _Graph()
     T = spec.maxlen
     xt = g.op("Transpose", [INPUT_NAME], "xt", perm=[1, 0])                     # (T, N)
@@ -445,7 +493,7 @@ def _build_unrolled(spec: NetworkSpec, layout: str) -> _Graph:
     for li, layer in enumerate(spec.lstms):
         finals, per_dir = [], []
         for di, d in enumerate(layer.directions):
-            inp = _Inputs(g, spec, li, d, part_widths, layout, f"l{li}d{di}")
+            inp = _Inputs(g, spec, li, d, part_widths, layout, f"l{li}d{di}", precision)
             h = c = None
             outs = []
             for k in (range(T - 1, -1, -1) if d.go_backwards else range(T)):
@@ -483,7 +531,7 @@ def window_exact(spec: NetworkSpec) -> bool:
     return spec.mask_zero and (spec.pooling == "last" or spec.relu) and not reversed_seq
 
 
-def _build_loop(spec: NetworkSpec, layout: str) -> _Graph:
+def _build_loop(spec: NetworkSpec, layout: str, precision: str) -> _Graph:
     """Each direction an ONNX ``Loop`` over positions ``[start, stop)`` of the optional ``window``
     input (default ``[0, maxlen]``; only declared when :func:`window_exact`)."""
     from onnx import TensorProto, helper
@@ -515,7 +563,7 @@ def _build_loop(spec: NetworkSpec, layout: str) -> _Graph:
         for di, d in enumerate(layer.directions):
             tag = f"l{li}d{di}"
             units = d.units
-            inp = _Inputs(g, spec, li, d, part_widths, layout, tag)
+            inp = _Inputs(g, spec, li, d, part_widths, layout, tag, precision)
             body = _Graph(prefix=f"{tag}_")
             body.const = g.const  # initializers live in the outer graph (outer-scope references)
             it, cond_in, h_in, c_in, m_in = (f"{tag}_{n}" for n in ("it", "cond", "h_in", "c_in", "max_in"))
@@ -565,24 +613,29 @@ def _build_loop(spec: NetworkSpec, layout: str) -> _Graph:
     return g
 
 
-def build_fast_onnx(model, form: str = DEFAULT_FORM, layout: str = DEFAULT_LAYOUT) -> bytes:
+def build_fast_onnx(model, form: str = DEFAULT_FORM, layout: str = DEFAULT_LAYOUT,
+                    precision: str = "float32") -> bytes:
     """The gate-table ONNX graph of a supported Keras model (ValueError if unsupported).
 
     Input ``tokens``: int32 (batch, maxlen); output ``score``: float32 (batch, 1).  The ``loop``
     form of a masked model also takes an optional ``window`` (int64 [start, stop], default
     [0, maxlen]): only those positions are run, which is exact when all others are padding
-    (:func:`window_exact`; :class:`FastLstmPredictor` uses it for length-aware batching)."""
-    return build_from_spec(describe(model), form, layout)
+    (:func:`window_exact`; :class:`FastLstmPredictor` uses it for length-aware batching).
+    ``precision="int8"``: the approximate graph of :data:`PRECISIONS`."""
+    return build_from_spec(describe(model), form, layout, precision)
 
 
-def build_from_spec(spec: NetworkSpec, form: str = DEFAULT_FORM, layout: str = DEFAULT_LAYOUT) -> bytes:
+def build_from_spec(spec: NetworkSpec, form: str = DEFAULT_FORM, layout: str = DEFAULT_LAYOUT,
+                    precision: str = "float32") -> bytes:
     from onnx import TensorProto, helper
 
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    g = (_build_unrolled if form == "unrolled" else _build_loop)(spec, layout)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    g = (_build_unrolled if form == "unrolled" else _build_loop)(spec, layout, precision)
     inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.INT32, ["batch", spec.maxlen])]
     if g.window:
         inputs.append(helper.make_tensor_value_info(WINDOW_NAME, TensorProto.INT64, [2]))
@@ -590,7 +643,8 @@ def build_from_spec(spec: NetworkSpec, form: str = DEFAULT_FORM, layout: str = D
         g.nodes, "fast_lstm", inputs,
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 1])],
         initializer=g.initializers)
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(_MS, 1)] if precision == "int8" else [])
+    onnx_model = helper.make_model(graph, opset_imports=opsets,
                                    producer_name="imdb-reviews-fast-lstm")
     onnx_model.ir_version = 8
     return onnx_model.SerializeToString()
@@ -713,3 +767,11 @@ class FastLstmPredictor(BatchParallelOnnxPredictor):
                 lo, hi = T - 1, T
             jobs.append((rows, {self.input_name: x[rows], WINDOW_NAME: np.array([lo, hi], dtype=np.int64)}))
         return jobs
+
+
+class Int8LstmPredictor(FastLstmPredictor):
+    """:class:`FastLstmPredictor` on the ``precision="int8"`` graph: approximate, deterministic,
+    batch-independent; only used for versions whose accuracy cost was measured and approved
+    (:mod:`models.quantization`)."""
+
+    kind = "int8"

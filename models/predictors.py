@@ -75,12 +75,12 @@ def keras_reference(model, x: np.ndarray) -> np.ndarray:
 
 
 def check_parity(predictor: Predictor, probe: np.ndarray, reference: np.ndarray,
-                 tolerance: float = PARITY_TOLERANCE) -> float:
+                 tolerance: float = PARITY_TOLERANCE, against: str = "Keras") -> float:
     got = predictor.predict(probe)
     delta = float(np.max(np.abs(got - reference))) if len(probe) else 0.0
     if not delta <= tolerance:
         raise ParityError(
-            f"{predictor.kind} predictor differs from Keras on the probe batch: max |delta| = {delta:.3g} "
+            f"{predictor.kind} predictor differs from {against} on the probe batch: max |delta| = {delta:.3g} "
             f"> {tolerance:g}")
     return delta
 

@@ -6,7 +6,11 @@ Layout under the registry root::
                       /model.onnx           fast inference export, parity-checked at registration
                       /preprocessing.json   maxlen, padding, truncating, num_words, skip_top, ...
                       /vocabulary.json      train-split vocabulary (absent for index-only data)
+                      /model.fast.onnx      the gate-table graph (models.fast_lstm), when the topology allows
                       /probe.npy, /probe_scores.npy   probe batch and Keras' scores for it
+                      /model.fast-int8.onnx, /probe_scores_int8.npy   int8 graph and its probe scores,
+                                            only when its test-accuracy cost was within bound
+                                            (models.quantization; "int8" in metadata.json says why not)
                       /metadata.json        written LAST: the commit marker, with file checksums
     champion.json                           the production version (atomic single write)
     audit/<timestamp>-<action>.json         every champion change and gate decision
@@ -42,8 +46,10 @@ from models.predictors import (
     rows_per_batch,
 )
 from models.preprocessing import Preprocessing
+from models.quantization import INT8_FILE, INT8_PROBE_SCORES
 
 CHAMPION = "champion"
+PREDICTOR_KINDS = ("auto", "fast", "onnx", "keras", "int8")
 _VERSION_FILES = ("model.keras", "model.onnx", "preprocessing.json", "vocabulary.json", "probe.npy",
                   "probe_scores.npy")
 
@@ -268,15 +274,25 @@ class ModelRegistry:
         """A parity-checked predictor for ``version``.
 
         ``auto``: the gate-table ONNX graph when the version has one, else the plain ONNX
-        export, else Keras.  Every predictor is checked against Keras' probe scores.
+        export, else Keras.  Every predictor is checked against Keras' probe scores - except
+        ``int8`` (approximate; only for versions that have an approved one, never chosen by
+        ``auto``), which must reproduce its own probe scores from registration.
         """
-        if kind not in ("auto", "fast", "onnx", "keras"):
+        if kind not in PREDICTOR_KINDS:
             raise RegistryError(f"unknown predictor kind {kind!r}")
         probe, reference = self.probe(version)
         meta = self.metadata(version)
         batch = rows_per_batch(int(probe.shape[1]))
         predictor: Predictor
-        if kind in ("auto", "fast") and "model.fast.onnx" in meta.get("files", {}):
+        if kind == "int8":
+            from models.fast_lstm import Int8LstmPredictor
+
+            if INT8_FILE not in meta.get("files", {}):
+                why = meta.get("int8", {}).get("reason", "registered before int8 export existed")
+                raise RegistryError(f"{self.root.uri}: version {version} has no approved int8 predictor ({why})")
+            predictor = Int8LstmPredictor(self.read_file(version, INT8_FILE, meta), batch_size=batch)
+            reference = np.load(io.BytesIO(self.read_file(version, INT8_PROBE_SCORES, meta)), allow_pickle=False)
+        elif kind in ("auto", "fast") and "model.fast.onnx" in meta.get("files", {}):
             from models.fast_lstm import FastLstmPredictor
 
             predictor = FastLstmPredictor(self.read_file(version, "model.fast.onnx", meta), batch_size=batch)
@@ -293,7 +309,8 @@ class ModelRegistry:
         else:
             predictor = KerasPredictor(self.load_keras(version))
         try:
-            check_parity(predictor, probe, reference)
+            check_parity(predictor, probe, reference,
+                         against="its own scores at registration" if kind == "int8" else "Keras")
         except ParityError as exc:
             raise RegistryError(f"{self.root.uri}: version {version}: {exc}") from exc
         return predictor

@@ -11,6 +11,7 @@ from infra.imdb import ImdbData
 from models.predictors import probe_batch
 from models.presets import TrainConfig
 from models.promotion import decide, decision_markdown
+from models.quantization import int8_export
 from models.registry import ModelRegistry, RegistryError
 from models.training import FitResult
 from tasks.data import TrainingSet
@@ -40,10 +41,15 @@ def register(registry_uri: str, result: FitResult, ts: TrainingSet, config: Trai
                  "validation_rows": int(len(ts.y_val)), "test_rows": int(len(ts.y_test)),
                  "vocab_size": imdb.vocab_size},
     }
+    int8_files, metadata["int8"] = int8_export(result.model, ts.x_test, ts.y_test, report["accuracy"], probe)
     vocab = imdb.vocabulary.to_json() if imdb.vocabulary is not None else None
     version = registry.register(result.model, prep, vocab, metadata, probe,
-                                extra_files={"report.png": report["report_png"]})
-    logger().info("registered version %s in %s (champion: %s)", version, registry.root.uri, registry.champion())
+                                extra_files={"report.png": report["report_png"], **int8_files})
+    log = logger()
+    log.info("registered version %s in %s (champion: %s)", version, registry.root.uri, registry.champion())
+    q = metadata["int8"]
+    log.info("int8 predictor %s: %s%s", "approved" if q["approved"] else "not stored", q["reason"],
+             f" (test accuracy {q['accuracy_int8']:.4f} vs {q['accuracy_float32']:.4f})" if "accuracy_int8" in q else "")
     markdown("training-report", history_markdown(config, report) +
              f"\n\nRegistered as `{version}` in `{registry.root.uri}`; learning curves and ROC: "
              f"`{registry.root.uri}/versions/{version}/report.png`.", "Training history and registration")

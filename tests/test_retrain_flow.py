@@ -70,6 +70,10 @@ def test_train_cli_runs_the_flow_and_registers(tmp_path, tiny_tgz, prefect_api):
     assert ev["calibration"]["bins"] and ev["accuracy_by_length"]
     assert len(ev["history"]["loss"]) == 3 and "val_loss" in ev["history"]
     assert "report.png" in meta["files"]
+    # The int8 graph is stored exactly when its measured accuracy cost is within the bound.
+    q = meta["int8"]
+    assert q["test_rows"] == 120 and q["accuracy_float32"] == pytest.approx(ev["accuracy"], abs=1e-6)
+    assert q["approved"] == (q["accuracy_drop"] <= q["max_accuracy_drop"]) == ("model.fast-int8.onnx" in meta["files"])
     assert reg.vocabulary(summary["version"])["words"], "the train vocabulary is saved with the model"
 
     # Prefect recorded the metrics table as an artifact of the run.

@@ -1,0 +1,59 @@
+"""int8 inference: the gate-table graph with int8 step products, approved per model version.
+
+The int8 graph (:data:`models.fast_lstm.PRECISIONS`) is not exact, so a version only gets one
+when, on the labelled test reviews it was evaluated on, its accuracy is at most
+:data:`MAX_ACCURACY_DROP` below the float32 model's.  Its own scores on the registration probe
+are stored with it: whenever it is loaded it must reproduce them (its arithmetic is integer,
+and the quantisation scale is fixed, so it is deterministic and does not depend on batching),
+which catches a runtime that computes something else.  Scoring only uses it when asked
+(``predictor="int8"``); ``auto`` stays exact.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+INT8_FILE = "model.fast-int8.onnx"
+INT8_PROBE_SCORES = "probe_scores_int8.npy"
+# The issue's bound: int8 only where it costs at most 0.2 points of test accuracy.
+MAX_ACCURACY_DROP = 0.002
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def int8_export(model, x_test: np.ndarray, y_test: np.ndarray, accuracy: float, probe: np.ndarray,
+                max_drop: float = MAX_ACCURACY_DROP) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """(files to store with the version, its ``int8`` metadata record).
+
+    ``accuracy``: the float32 model's accuracy on (``x_test``, ``y_test``).  No files when the
+    topology has no gate-table graph, when there are no labelled reviews to measure on, or when
+    the int8 graph loses more than ``max_drop`` accuracy; the record says which, with figures."""
+    from models.fast_lstm import Int8LstmPredictor, build_fast_onnx
+    from models.predictors import rows_per_batch
+
+    record: dict[str, Any] = {"approved": False, "max_accuracy_drop": max_drop}
+    if not len(x_test):
+        return {}, {**record, "reason": "no labelled test reviews to measure the accuracy cost on"}
+    try:
+        data = build_fast_onnx(model, precision="int8")
+    except ValueError as exc:
+        return {}, {**record, "reason": str(exc).splitlines()[0]}
+    predictor = Int8LstmPredictor(data, batch_size=rows_per_batch(int(x_test.shape[1])))
+    scores = predictor.predict(x_test)
+    int8_accuracy = float(np.mean((scores >= 0.5) == (np.asarray(y_test) >= 0.5)))
+    drop = float(accuracy) - int8_accuracy
+    record.update(accuracy_float32=round(float(accuracy), 6), accuracy_int8=round(int8_accuracy, 6),
+                  accuracy_drop=round(drop, 6), test_rows=int(len(x_test)))
+    if drop > max_drop:
+        return {}, {**record, "reason": f"int8 accuracy {int8_accuracy:.4f} is {drop * 100:.2f} points below "
+                                        f"float32 {accuracy:.4f} (allowed: {max_drop * 100:.2f})"}
+    probe_scores = predictor.predict(probe)
+    record.update(approved=True, reason="within the accuracy bound")
+    return {INT8_FILE: data, INT8_PROBE_SCORES: _npy(probe_scores)}, record

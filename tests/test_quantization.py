@@ -1,0 +1,183 @@
+"""int8 inference: the quantised gate-table graph, its approval by accuracy cost, the registry
+round trip and scoring a dump with it."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from models.fast_lstm import (
+    FORMS,
+    FastLstmPredictor,
+    Int8LstmPredictor,
+    build_fast_onnx,
+    quantize_columns,
+)
+from models.predictors import probe_batch
+from models.quantization import INT8_FILE, INT8_PROBE_SCORES, int8_export
+from models.registry import ModelRegistry, RegistryError
+from tests.test_fast_lstm import VOCAB, inputs, tiny
+
+pytestmark = pytest.mark.filterwarnings("ignore:Layer '.*' \\(of type GlobalMaxPooling1D\\) was passed an input")
+
+DEFAULT_LIKE = dict(mask_zero=True, bidirectional=True, pooling="max", lstm_layers=2, padding="pre")
+
+
+def _ops(onnx_bytes: bytes) -> list[str]:
+    """Op types of the graph and of its Loop bodies."""
+    import onnx
+
+    graph = onnx.load_from_string(onnx_bytes).graph
+    out = []
+    for node in graph.node:
+        out.append(node.op_type)
+        for attr in node.attribute:
+            if attr.g is not None:
+                out.extend(n.op_type for n in attr.g.node)
+    return out
+
+
+def test_quantize_columns_is_within_half_a_step_per_column():
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(16, 12)) * np.geomspace(1e-3, 10, 12)).astype(np.float32)
+    w[:, 3] = 0.0  # an all-zero column must not divide by zero
+    q, scale = quantize_columns(w)
+    assert q.dtype == np.int8 and scale.shape == (12,) and scale.dtype == np.float32
+    assert np.all(np.abs(q.astype(np.float32) * scale - w) <= scale / 2 * (1 + 1e-6))
+    assert np.all(np.abs(q[:, [c for c in range(12) if c != 3]]).max(axis=0) == 127)
+    assert not q[:, 3].any()
+
+
+@pytest.mark.parametrize("overrides", [dict(), DEFAULT_LIKE], ids=["seed-like", "default-like"])
+@pytest.mark.parametrize("form", FORMS)
+def test_int8_graph_is_close_to_float32_deterministic_and_batch_independent(overrides, form):
+    model = tiny(seed=5, maxlen=7, **overrides)
+    x = inputs(7)
+    exact = FastLstmPredictor(build_fast_onnx(model, form=form), batch_size=16).predict(x)
+    data = build_fast_onnx(model, form=form, precision="int8")
+    ops = _ops(data)
+    assert "MatMulIntegerToFloat" in ops and "QuantizeLinear" in ops
+    # Only the head's Gemm stays float32 (and, for stacked layers, nothing else).
+    assert ops.count("Gemm") == 1
+    predictor = Int8LstmPredictor(data, batch_size=16)
+    assert predictor.kind == "int8"
+    got = predictor.predict(x)
+    assert 0 < np.max(np.abs(got - exact)) <= 0.03, "approximate, but close"
+    # A fixed quantisation scale: a row's score does not depend on the rows batched with it.
+    one_by_one = np.concatenate([Int8LstmPredictor(data, batch_size=1).predict(x[i:i + 1]) for i in range(20)])
+    np.testing.assert_array_equal(one_by_one, got[:20])
+    np.testing.assert_array_equal(Int8LstmPredictor(data, batch_size=7, threads=3).predict(x), got)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        build_fast_onnx(tiny(maxlen=4), precision="int4")
+
+
+def _labelled(model, n: int = 300):
+    x = np.concatenate([inputs(7), probe_batch(VOCAB, 7, n=n, seed=9)])
+    y = (FastLstmPredictor(build_fast_onnx(model)).predict(x) >= 0.5).astype(np.int8)
+    return x, y  # labels the float32 model gets all right: accuracy 1.0
+
+
+def test_int8_export_is_approved_within_the_accuracy_bound_only():
+    model = tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
+    x, y = _labelled(model)
+    probe = probe_batch(VOCAB, 7, n=32, seed=1)
+    files, record = int8_export(model, x, y, 1.0, probe, max_drop=1.0)
+    int8 = Int8LstmPredictor(files[INT8_FILE])
+    expected_accuracy = float(np.mean((int8.predict(x) >= 0.5) == y))
+    assert record["approved"] and record["accuracy_int8"] == pytest.approx(expected_accuracy, abs=1e-6)
+    assert record["accuracy_drop"] == pytest.approx(1.0 - expected_accuracy, abs=1e-6)
+    assert record["test_rows"] == len(x)
+    np.testing.assert_array_equal(np.load(io.BytesIO(files[INT8_PROBE_SCORES])), int8.predict(probe))
+
+    refused, record = int8_export(model, x, y, 1.0, probe, max_drop=-0.001)  # any cost is too much
+    assert refused == {} and not record["approved"] and "points below" in record["reason"]
+    assert record["accuracy_int8"] == pytest.approx(expected_accuracy, abs=1e-6)
+
+    nothing, record = int8_export(model, x[:0], y[:0], 1.0, probe)
+    assert nothing == {} and "no labelled test reviews" in record["reason"]
+
+
+def test_int8_export_of_an_unsupported_topology_says_why():
+    import keras
+
+    inputs_ = keras.Input((7,), dtype="int32")
+    h = keras.layers.GRU(3)(keras.layers.Embedding(VOCAB, 4)(inputs_))
+    model = keras.Model(inputs_, keras.layers.Dense(1, activation="sigmoid")(h))
+    x = probe_batch(VOCAB, 7, n=20)
+    files, record = int8_export(model, x, np.zeros(20, np.int8), 1.0, x)
+    assert files == {} and not record["approved"] and "GRU" in record["reason"]
+
+
+@pytest.fixture(scope="module")
+def int8_registry(tmp_path_factory):
+    """A registry with one version that has an approved int8 graph and one that has none."""
+    model = tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
+    x, y = _labelled(model)
+    prep = tiny_config().preprocessing(vocab_size=VOCAB)
+    probe = probe_batch(VOCAB, 7, n=48, seed=2)
+    reg = ModelRegistry(str(tmp_path_factory.mktemp("registry")))
+    files, record = int8_export(model, x, y, 1.0, probe, max_drop=1.0)
+    with_int8 = reg.register(model, prep, None, {"preset": "default", "int8": record}, probe, extra_files=files)
+    _, refused = int8_export(model, x, y, 1.0, probe, max_drop=-0.001)
+    without = reg.register(model, prep, None, {"preset": "default", "int8": refused}, probe)
+    return {"registry": reg, "model": model, "with": with_int8, "without": without, "x": x, "files": files}
+
+
+def tiny_config():
+    from tests.test_fast_lstm import TINY
+
+    return TINY.with_overrides(maxlen=7, **DEFAULT_LIKE)
+
+
+def test_registry_serves_int8_only_when_approved_and_checks_it(int8_registry):
+    reg, x = int8_registry["registry"], int8_registry["x"]
+    predictor = reg.load_predictor(int8_registry["with"], kind="int8")
+    assert predictor.kind == "int8"
+    np.testing.assert_array_equal(predictor.predict(x), Int8LstmPredictor(int8_registry["files"][INT8_FILE]).predict(x))
+    assert reg.load_predictor(int8_registry["with"]).kind == "fast", "auto stays exact"
+    with pytest.raises(RegistryError, match="no approved int8 predictor .*points below"):
+        reg.load_predictor(int8_registry["without"], kind="int8")
+
+
+def test_int8_probe_scores_that_do_not_reproduce_are_refused(tmp_path):
+    model = tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
+    x, y = _labelled(model)
+    probe = probe_batch(VOCAB, 7, n=48, seed=2)
+    files, record = int8_export(model, x, y, 1.0, probe, max_drop=1.0)
+    scores = np.load(io.BytesIO(files[INT8_PROBE_SCORES]))
+    buf = io.BytesIO()
+    np.save(buf, scores + np.float32(1e-3))  # what a runtime computing something else would give
+    files[INT8_PROBE_SCORES] = buf.getvalue()
+    reg = ModelRegistry(str(tmp_path))
+    version = reg.register(model, tiny_config().preprocessing(vocab_size=VOCAB), None, {"int8": record}, probe,
+                           extra_files=files)
+    with pytest.raises(RegistryError, match="int8 predictor differs"):
+        reg.load_predictor(version, kind="int8")
+
+
+def test_score_reviews_with_the_int8_predictor(tmp_path, int8_registry, prefect_api):
+    from flows.score import score_reviews
+    from infra import storage
+    from infra.reviews_dump import dump_table, write_dump
+    from models.preprocessing import to_matrix
+    from tests.tinymodel import random_tokens, read_output
+
+    reg = int8_registry["registry"]
+    tokens = random_tokens(np.random.default_rng(4), 400, vocab=VOCAB)
+    src, out = str(tmp_path / "in"), str(tmp_path / "out")
+    write_dump(dump_table(np.arange(400), tokens), src, rows_per_file=200, row_group_size=50)
+    summary = score_reviews(input=src, output=out, registry=reg.root.uri, model=int8_registry["with"],
+                            predictor="int8", max_rows_per_unit=100)
+    assert summary["rows_scored"] == 400 and summary["rows_rejected"] == 0
+    got = read_output(out).sort_by("review_id").column("score").to_numpy()
+    x = to_matrix(tokens, reg.preprocessing(int8_registry["with"]))
+    np.testing.assert_array_equal(got, Int8LstmPredictor(int8_registry["files"][INT8_FILE]).predict(x))
+    exact = FastLstmPredictor(build_fast_onnx(int8_registry["model"])).predict(x)
+    assert 0 < np.max(np.abs(got - exact)) <= 0.03
+    manifest = storage.read_json(storage.resolve(out).join("_manifest.json"))
+    assert manifest["parameters"]["predictor"] == "int8"
