@@ -135,6 +135,7 @@ def run_once(config: TrainConfig, data: str, cache_dir: str | None, registry_uri
             "seconds": round(time.perf_counter() - t2, 2),
             "parity_max_abs_delta": meta["export"]["parity_max_abs_delta"],
             "probe_rows": meta["export"]["probe_rows"],
+            "int8": meta.get("int8"),
             "inference_1000_test_reviews": time_predictors(registry_uri, version, ts.x_test[:1000]),
         }
     record["loadavg_end"] = _load()
@@ -169,6 +170,11 @@ def summary(records: list[dict[str, Any]]) -> str:
             lines.append(f"  registered {reg['version']}: ONNX parity {reg['parity_max_abs_delta']:.2g} on "
                          f"{reg['probe_rows']} probe rows; 1,000 test reviews: ONNX Runtime "
                          f"{inf['onnx_seconds']:.2f} s, Keras {inf['keras_seconds']:.2f} s")
+            q = reg.get("int8") or {}
+            if "accuracy_int8" in q:
+                lines.append(f"  int8 predictor {'approved' if q['approved'] else 'not stored'}: test accuracy "
+                             f"{q['accuracy_int8']:.4f} vs {q['accuracy_float32']:.4f} float32 "
+                             f"(drop {q['accuracy_drop'] * 100:.2f} points, bound {q['max_accuracy_drop'] * 100:.2f})")
     if len(records) > 1:
         s = spread(records)
         lines.append(f"reproducibility: test accuracy {s['test_accuracy']} (spread {s['accuracy_spread']:.4f}), "
