@@ -30,7 +30,7 @@ _TRAIN_OVERRIDES = {
     "skip_top": int, "embedding_dim": int, "lstm_units": int, "pooling": str, "embedding_dropout": float,
     "dropout": float, "learning_rate": float, "validation_split": float, "early_stopping_patience": int,
     "lstm_layers": int, "bucket_width": int, "learning_rate_decay": float, "ema_momentum": float,
-    "early_stopping_monitor": str,
+    "early_stopping_monitor": str, "token_dropout": float,
     "seed": int,
 }
 

@@ -32,6 +32,7 @@ def retrain_sentiment(
     bidirectional: bool | None = None,
     pooling: Literal["last", "max"] | None = None,
     embedding_dropout: float | None = None,
+    token_dropout: float | None = None,
     dropout: float | None = None,
     learning_rate: float | None = None,
     validation_split: float | None = None,

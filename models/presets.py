@@ -26,6 +26,9 @@ class TrainConfig:
     pooling: str = "last"  # "last" (LSTM's final state) | "max" (global max over time)
     embedding_dropout: float = 0.0
     dropout: float = 0.0
+    # Word dropout (training only, needs bucket_width): every epoch a fresh random share of each
+    # review's words is replaced by the out-of-vocabulary index.  Nothing changes at inference.
+    token_dropout: float = 0.0
     lstm_layers: int = 1
     mask_zero: bool = False  # mask padding (index 0): LSTMs skip it exactly
     # Length bucketing (needs mask_zero): batches of similar-length reviews, each cut to its
@@ -60,13 +63,15 @@ class TrainConfig:
             raise ValueError(f"lstm_layers must be >= 1, got {self.lstm_layers}")
         if self.bucket_width < 0:
             raise ValueError(f"bucket_width must be >= 0, got {self.bucket_width}")
+        if self.token_dropout and not self.bucket_width:
+            raise ValueError("token_dropout needs bucket_width (it is applied in the bucketed training pipeline)")
         if self.bucket_width and not self.mask_zero:
             # Without the mask a review's score depends on its padding: training on cut
             # batches and serving the maxlen matrix would disagree.
             raise ValueError("bucket_width needs mask_zero=True")
         if not 0.0 < self.learning_rate_decay <= 1.0:
             raise ValueError(f"learning_rate_decay must be in (0, 1], got {self.learning_rate_decay}")
-        for name in ("embedding_dropout", "dropout", "ema_momentum"):
+        for name in ("embedding_dropout", "dropout", "token_dropout", "ema_momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         # Fail on bad preprocessing values here, before any data is loaded.

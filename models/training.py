@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from models.architecture import build_model
+from models.preprocessing import OOV
 from models.presets import TrainConfig
 
 
@@ -78,11 +79,14 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return batches
 
 
-def bucketed_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, width: int, seed: int | None):
+def bucketed_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, width: int, seed: int | None,
+                     token_dropout: float = 0.0):
     """A ``tf.data`` pipeline of length-bucketed, trimmed batches.
 
     ``seed`` given: a fresh seeded shuffle every epoch (epoch ``e`` uses ``(seed, e)``), so
-    a run is reproducible; ``None``: a fixed length-sorted order.
+    a run is reproducible; ``None``: a fixed length-sorted order.  ``token_dropout`` (with a
+    seed only): each word (index > OOV; not padding, the start marker or OOV itself) becomes
+    OOV with that probability, drawn afresh every epoch.
     """
     import tensorflow as tf
 
@@ -96,6 +100,8 @@ def bucketed_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, width
         for idx in length_batches(lengths, batch_size, rng):
             idx = np.sort(idx)
             xb = trim_batch(x[idx], width)
+            if token_dropout and rng is not None:
+                xb = np.where((xb > OOV) & (rng.random(xb.shape) < token_dropout), OOV, xb).astype(np.int32)
             yield (xb, y[idx]) if y is not None else xb
 
     spec = tf.TensorSpec((None, None), tf.int32)
@@ -160,7 +166,8 @@ def fit(
     start = time.perf_counter()
     if bucketed:
         history = model.fit(
-            bucketed_dataset(x_train, y_train, config.batch_size, config.bucket_width, config.seed),
+            bucketed_dataset(x_train, y_train, config.batch_size, config.bucket_width, config.seed,
+                             config.token_dropout),
             epochs=config.epochs,
             validation_data=bucketed_dataset(x_val, y_val, 512, config.bucket_width, None) if has_val else None,
             shuffle=False,  # the pipeline shuffles, seeded per epoch

@@ -259,3 +259,33 @@ def test_predict_scores_buckets_masked_models_exactly():
     model = build_model(config, INPUT_DIM)
     x = _reviews(300, config.maxlen, "pre", seed=5)
     np.testing.assert_allclose(predict_scores(model, x, batch_size=32), keras_reference(model, x), atol=1e-6, rtol=0)
+
+
+def test_token_dropout_hides_a_fresh_share_of_words_each_epoch_and_only_in_training():
+    rng = np.random.default_rng(0)
+    x = np.zeros((400, 30), np.int32)
+    for i, n in enumerate(rng.integers(5, 30, size=400)):
+        x[i, 30 - n] = 1  # start marker
+        x[i, 31 - n:] = rng.integers(2, 50, size=n - 1)  # words and some OOV already
+    y = np.zeros(400, np.float32)
+    words = int(np.sum(x > 2))
+
+    def epochs(ds, n=2):
+        it = iter(ds.repeat(n))
+        return [np.concatenate([np.sort(b[0].numpy()[b[0].numpy() > 0]) for b in (next(it) for _ in range(25))])
+                for _ in range(n)]
+
+    plain = bucketed_dataset(x, y, 16, 4, seed=3)
+    dropped = bucketed_dataset(x, y, 16, 4, seed=3, token_dropout=0.25)
+    for base, hidden in zip(epochs(plain), epochs(dropped)):
+        assert len(base) == len(hidden), "nothing is removed: padding and positions stay"
+        assert np.sum(hidden == 1) == np.sum(base == 1) == 400, "start markers stay"
+        became_oov = int(np.sum(hidden == 2) - np.sum(base == 2))
+        assert 0.2 * words < became_oov < 0.3 * words
+    seeded = [epochs(bucketed_dataset(x, y, 16, 4, seed=3, token_dropout=0.25)) for _ in range(2)]
+    np.testing.assert_array_equal(seeded[0][0], seeded[1][0])  # a fresh pipeline: the same epochs again
+    np.testing.assert_array_equal(seeded[0][1], seeded[1][1])
+    evaluation = bucketed_dataset(x, y, 16, 4, seed=None, token_dropout=0.25)
+    assert sum(int(np.sum(b[0].numpy() == 2)) for b in evaluation) == int(np.sum(x == 2)), "no seed: untouched"
+    with pytest.raises(ValueError, match="token_dropout needs bucket_width"):
+        TrainConfig(token_dropout=0.1)
