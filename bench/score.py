@@ -2,7 +2,7 @@
 """Benchmark: the ``score-reviews`` flow against the naive pandas + Keras script a user would write.
 
     .venv/bin/python bench/score.py [--rows 200000] [--files 8] [--maxlen 50 [400 ...]]
-                                    [--registry DIR] [--workdir DIR] [--json PATH]
+                                    [--registry DIR [--model V] [--predictor int8]] [--workdir DIR] [--json PATH]
 
 Set-up (not measured; the model is built and registered in a child process of its own):
 
@@ -218,7 +218,8 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     rss_before = current_rss_mb()
     c2, server_c2, t2 = cpu_s(), children_cpu_s(), time.perf_counter()
     summary = score_reviews(input=spec["input"], output=spec["output"], model=spec["version"],
-                            registry=spec["registry"], batch_size=spec["batch_size"])
+                            registry=spec["registry"], batch_size=spec["batch_size"],
+                            predictor=spec.get("predictor", "auto"))
     flow_call_s = time.perf_counter() - t2
     work_cpu_s, server_cpu_s = cpu_s() - c2, children_cpu_s() - server_c2
     return {"import_s": import_s, "prefect_startup_s": startup_s, "flow_call_s": flow_call_s,
@@ -419,6 +420,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="seed", help="architecture of the benchmark model (default seed)")
     p.add_argument("--registry", default=None, help="benchmark this registry's model instead of a random one")
     p.add_argument("--model", default="champion", help="with --registry: champion, latest or a version")
+    p.add_argument("--predictor", default="auto", choices=["auto", "fast", "onnx", "keras", "int8"],
+                   help="score_reviews' predictor (int8: only for a --registry version that has an approved "
+                        "int8 graph; its scores are then not identical to the naive pipeline's)")
     p.add_argument("--flat-rows", type=int, default=None,
                    help="reviews of the memory-flatness dump (default rows/10; larger than --rows for a 10x "
                         "larger check; 0 skips it)")
@@ -517,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, case in enumerate(cases):
         name = case["name"]
         base = {"registry": case["registry"], "version": case["version"], "batch_size": args.batch_size,
-                "naive_batch_size": args.naive_batch_size}
+                "naive_batch_size": args.naive_batch_size, "predictor": args.predictor}
         jobs = {"ours": ("ours", dumps[case["rows"]]), "naive": ("naive", dumps[case["rows"]])}
         if i == 0 and args.flat_rows:
             jobs["flat"] = ("ours", dumps[args.flat_rows])
@@ -540,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_efficiency_ratio": ours["reviews_per_cpu_s"] / naive["reviews_per_cpu_s"],
             "peak_rss_ratio_ours_over_naive": ours["peak_rss_mb"] / naive["peak_rss_mb"],
             "max_abs_delta": delta, "joined_rows": joined, "parity_ok": delta <= PARITY_LIMIT,
+            "predictor": args.predictor,
         }
         log(f"{name}: ours/naive reviews/s = {case_result['throughput_ratio_work']:.2f}x (work), "
             f"{case_result['throughput_ratio_process']:.2f}x (process), reviews per CPU-second "
@@ -585,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  peak RSS ours {o['peak_rss_mb']:,.0f} MB, naive {n['peak_rss_mb']:,.0f} MB "
               f"(ours/naive {r['peak_rss_ratio_ours_over_naive']:.2f}x)")
         print(f"  max |score delta| after joining on review_id: {r['max_abs_delta']:.3g} "
-              f"({'ok' if r['parity_ok'] else 'FAIL'}, limit {PARITY_LIMIT:g})")
+              f"({'ok' if r['parity_ok'] else 'FAIL'}, limit {PARITY_LIMIT:g}"
+              f"{'; int8 predictor: approximate by design, see bench/quantized.py' if r['predictor'] == 'int8' else ''})")
         if "memory_flatness" in r:
             m = r["memory_flatness"]
             print(f"  memory flatness: peak RSS {m['small_peak_rss_mb']:,.0f} MB at {m['small_rows']:,} reviews, "

@@ -328,6 +328,8 @@ def test_register_to_s3_registry_through_faults(proxy, s3_bucket, s3_client):
     vdir = f"registry/versions/{version}/"
     expected_files = {"model.keras", "model.onnx", "preprocessing.json", "vocabulary.json", "probe.npy",
                       "probe_scores.npy", "report.png", "metadata.json", "model.fast.onnx"}
+    if reg.metadata(version)["int8"]["approved"]:
+        expected_files |= {"model.fast-int8.onnx", "probe_scores_int8.npy"}
     assert {k[len(vdir):] for k in keys if k.startswith(vdir)} == expected_files
     others = [k for k in keys if not k.startswith(vdir)]
     assert "registry/champion.json" in others
