@@ -37,6 +37,10 @@ with Dropout / SpatialDropout1D anywhere (identity at inference), as a single ch
 
 LSTMs must use ``activation="tanh"``, ``recurrent_activation="sigmoid"``, float32,
 no state in/out (``stateful``/``return_state``/``initial_state``).
+
+``precision="int8"`` builds an approximate variant of the same graph (int8 step products, see
+:data:`PRECISIONS`), served by :class:`Int8LstmPredictor` only where its accuracy cost was
+measured and approved (:mod:`models.quantization`).
 """
 
 from __future__ import annotations
