@@ -113,6 +113,16 @@ def test_int8_export_of_an_unsupported_topology_says_why():
     assert files == {} and not record["approved"] and "GRU" in record["reason"]
 
 
+def test_int8_export_that_onnx_runtime_cannot_run_leaves_registration_alone(monkeypatch):
+    import models.fast_lstm as fast_lstm
+
+    monkeypatch.setattr(fast_lstm, "build_fast_onnx", lambda model, precision: b"not an onnx model")
+    model = tiny(seed=6, maxlen=7)
+    x = probe_batch(VOCAB, 7, n=20)
+    files, record = int8_export(model, x, np.zeros(20, np.int8), 1.0, x)
+    assert files == {} and not record["approved"] and record["reason"].startswith("ONNX Runtime cannot run")
+
+
 @pytest.fixture(scope="module")
 def int8_registry(tmp_path_factory):
     """A registry with one version that has an approved int8 graph and one that has none."""
