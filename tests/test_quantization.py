@@ -191,3 +191,16 @@ def test_score_reviews_with_the_int8_predictor(tmp_path, int8_registry, prefect_
     assert 0 < np.max(np.abs(got - exact)) <= 0.03
     manifest = storage.read_json(storage.resolve(out).join("_manifest.json"))
     assert manifest["parameters"]["predictor"] == "int8"
+
+
+def test_predictor_kinds_agree_across_registry_flow_and_cli():
+    import typing
+
+    from flows.cli import build_parser
+    from flows.score import score_reviews
+    from models.registry import PREDICTOR_KINDS
+
+    flow_kinds = typing.get_args(typing.get_type_hints(score_reviews.fn)["predictor"])
+    parser = build_parser()
+    score = next(a for a in parser._subparsers._group_actions[0].choices["score"]._actions if a.dest == "predictor")
+    assert set(flow_kinds) == set(score.choices) == set(PREDICTOR_KINDS)
