@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -112,6 +114,24 @@ def bucketed_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, width
     return dataset.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)
 
 
+@contextlib.contextmanager
+def own_seed_stream(seed: int):
+    """Keras seeds every layer that has no explicit seed from Python's process-wide ``random``
+    module, which other threads of this process draw from too (Prefect's services, the S3 client's
+    retry jitter...): a draw between ``set_random_seed`` and the model build would change the
+    initial weights and the run.  Inside this block Keras draws from its own stream, seeded like
+    the global one after ``set_random_seed(seed)``, so the weights are the same as before -
+    whatever other threads do."""
+    from keras.src.random import seed_generator
+
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
+
+
 @dataclass
 class FitResult:
     model: Any
@@ -137,8 +157,9 @@ def fit(
     keras.utils.set_random_seed(config.seed)
     bucketed = bool(config.bucket_width)
     # Bucketed batches vary in length: train a variable-length twin of the serving model.
-    model = build_model(config, input_dim, sequence_length=None if bucketed else "maxlen",
-                        steps_per_epoch=-(-len(x_train) // config.batch_size))
+    with own_seed_stream(config.seed):  # every layer's seed is drawn here (initialisers, dropout)
+        model = build_model(config, input_dim, sequence_length=None if bucketed else "maxlen",
+                            steps_per_epoch=-(-len(x_train) // config.batch_size))
     has_val = x_val is not None and len(x_val) > 0
     epoch_times: list[float] = []
     callbacks: list[Any] = []
