@@ -11,7 +11,6 @@ which catches a runtime that computes something else.  Scoring only uses it when
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
@@ -20,12 +19,6 @@ INT8_FILE = "model.fast-int8.onnx"
 INT8_PROBE_SCORES = "probe_scores_int8.npy"
 # The issue's bound: int8 only where it costs at most 0.2 points of test accuracy.
 MAX_ACCURACY_DROP = 0.002
-
-
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
 
 
 def int8_export(model, x_test: np.ndarray, y_test: np.ndarray, accuracy: float, probe: np.ndarray,
@@ -37,6 +30,7 @@ def int8_export(model, x_test: np.ndarray, y_test: np.ndarray, accuracy: float, 
     the int8 graph loses more than ``max_drop`` accuracy; the record says which, with figures."""
     from models.fast_lstm import Int8LstmPredictor, build_fast_onnx
     from models.predictors import rows_per_batch
+    from models.registry import npy_bytes  # here: the registry imports this module's file names
 
     record: dict[str, Any] = {"approved": False, "max_accuracy_drop": max_drop}
     if not len(x_test):
@@ -62,4 +56,4 @@ def int8_export(model, x_test: np.ndarray, y_test: np.ndarray, accuracy: float, 
                                         f"float32 {accuracy:.4f} (allowed: {max_drop * 100:.2f})"}
     probe_scores = predictor.predict(probe)
     record.update(approved=True, reason="within the accuracy bound")
-    return {INT8_FILE: data, INT8_PROBE_SCORES: _npy(probe_scores)}, record
+    return {INT8_FILE: data, INT8_PROBE_SCORES: npy_bytes(probe_scores)}, record

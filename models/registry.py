@@ -62,7 +62,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
+def npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
@@ -171,8 +171,8 @@ class ModelRegistry:
             "model.keras": keras_bytes,
             "model.onnx": onnx_bytes,
             "preprocessing.json": storage.json_bytes(preprocessing.to_dict()),
-            "probe.npy": _npy_bytes(np.ascontiguousarray(probe, dtype=np.int32)),
-            "probe_scores.npy": _npy_bytes(reference),
+            "probe.npy": npy_bytes(np.ascontiguousarray(probe, dtype=np.int32)),
+            "probe_scores.npy": npy_bytes(reference),
         }
         if fast_bytes is not None:
             files["model.fast.onnx"] = fast_bytes
@@ -256,11 +256,12 @@ class ModelRegistry:
             return None
         return json.loads(self.read_file(version, "vocabulary.json", meta))
 
+    def _read_npy(self, version: str, name: str, meta: dict[str, Any]) -> np.ndarray:
+        return np.load(io.BytesIO(self.read_file(version, name, meta)), allow_pickle=False)
+
     def probe(self, version: str) -> tuple[np.ndarray, np.ndarray]:
         meta = self.metadata(version)
-        x = np.load(io.BytesIO(self.read_file(version, "probe.npy", meta)), allow_pickle=False)
-        y = np.load(io.BytesIO(self.read_file(version, "probe_scores.npy", meta)), allow_pickle=False)
-        return x, y
+        return self._read_npy(version, "probe.npy", meta), self._read_npy(version, "probe_scores.npy", meta)
 
     def load_keras(self, version: str):
         data = self.read_file(version, "model.keras")
@@ -291,7 +292,7 @@ class ModelRegistry:
                 why = meta.get("int8", {}).get("reason", "registered before int8 export existed")
                 raise RegistryError(f"{self.root.uri}: version {version} has no approved int8 predictor ({why})")
             predictor = Int8LstmPredictor(self.read_file(version, INT8_FILE, meta), batch_size=batch)
-            reference = np.load(io.BytesIO(self.read_file(version, INT8_PROBE_SCORES, meta)), allow_pickle=False)
+            reference = self._read_npy(version, INT8_PROBE_SCORES, meta)
         elif kind in ("auto", "fast") and "model.fast.onnx" in meta.get("files", {}):
             from models.fast_lstm import FastLstmPredictor
 
