@@ -29,11 +29,14 @@ on a shared machine better than the absolute figures.  ``max |delta|`` is agains
 scores of the measured rows.
 
 Length-aware batching (unless ``--no-length-aware``): the fast predictor sorts rows by their
-non-padding span and runs each batch only over positions holding a token - exact only with
-``mask_zero`` (padding steps then leave the LSTM state untouched).  Reported: the share of steps
-it skips on the real IMDB length distribution (all 50,000 reviews, pre padding as in the
-``default`` preset, for each maxlen and 500), and, measured on ``--length-aware-rows`` reviews, a
-``mask_zero`` + pre-padding variant of the seed model with length-aware batching on and off.
+non-padding span and runs each batch only over positions holding a token, and without masks over
+the positions where none of its rows has padding (dense spans) - both exact only with
+``mask_zero``.  Reported: the share of steps it skips on the real IMDB length distribution (all
+50,000 reviews, pre padding as in the ``default`` preset, for each maxlen and 500), and, measured
+on ``--length-aware-rows`` reviews (one record batch of the scoring flow), a ``mask_zero`` +
+pre-padding variant of the seed model per maxlen and the ``default`` preset itself, each with
+masks everywhere on the full matrix, length-aware with masks everywhere, and length-aware with
+dense spans.
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ def build(config, seed: int):
     from models.architecture import build_model
 
     keras.utils.set_random_seed(seed)
-    model = build_model(config, IMDB_VOCAB)
+    model = build_model(config, config.preprocessing(vocab_size=IMDB_VOCAB).input_dim)
     model.predict(np.zeros((1, config.maxlen), np.int32), verbose=0)  # built and called (export needs it)
     return model
 
@@ -261,6 +264,7 @@ def length_aware_section(maxlens: list[int], args, reviews) -> dict[str, Any]:
     import numpy as np
 
     from models.fast_lstm import FastLstmPredictor, build_fast_onnx, window_steps
+    from models.predictors import rows_per_batch
     from models.presets import get_preset
     from models.preprocessing import lengths, to_matrix
 
@@ -281,28 +285,43 @@ def length_aware_section(maxlens: list[int], args, reviews) -> dict[str, Any]:
             print(f"maxlen {maxlen:4d}: steps skipped with sorted batches of {args.batch_size}: "
                   f"{100 * (1 - sorted_steps / full):.1f}% (unsorted: {100 * (1 - unsorted_steps / full):.1f}%, "
                   f"per-row ideal: {100 * (1 - ideal / full):.1f}%)")
-    for maxlen in maxlens:
-        config = get_preset("seed", maxlen=maxlen, padding="pre", truncating="pre", mask_zero=True)
+    cases = [(f"seed-size, mask_zero, maxlen {m}", m, args.batch_size,
+              get_preset("seed", maxlen=m, padding="pre", truncating="pre", mask_zero=True)) for m in maxlens]
+    # The default preset as scoring runs it: a record batch of --length-aware-rows sorted by length,
+    # split into the registry's batches for its maxlen.
+    default = get_preset("default")
+    cases.append(("default preset (BiLSTM(64), max pooling)", default.maxlen, rows_per_batch(default.maxlen), default))
+    for name, maxlen, batch, config in cases:
         rows = args.length_aware_rows  # several batches: one batch holds a long review, whatever the order
         model = build(config, args.seed)
         x, source = make_rows(reviews, config, rows, args.seed + 1)
         reference = np.asarray(model.predict(x, batch_size=args.batch_size, verbose=0), np.float32).reshape(-1)
         onnx_bytes = build_fast_onnx(model, form="loop")
-        predictors = {"fast-loop full": FastLstmPredictor(onnx_bytes, args.batch_size, args.threads,
-                                                          length_aware=False),
-                      "fast-loop length-aware": FastLstmPredictor(onnx_bytes, args.batch_size, args.threads,
-                                                                  length_aware=True)}
+        predictors = {"full, masks everywhere": FastLstmPredictor(onnx_bytes, batch, args.threads,
+                                                                  length_aware=False, dense=False),
+                      "length-aware, masks everywhere": FastLstmPredictor(onnx_bytes, batch, args.threads,
+                                                                          dense=False),
+                      "length-aware + dense spans": FastLstmPredictor(onnx_bytes, batch, args.threads)}
         deltas = {n: float(np.max(np.abs(p.predict(x) - reference))) for n, p in predictors.items()}
         timings = rounds({n: (lambda p=p: p.predict(x)) for n, p in predictors.items()}, args.repeat)
         rates = {n: [rows / w for w, _ in t] for n, t in timings.items()}
-        steps, full = window_steps(x, args.batch_size)
-        speedup = _median([a / b for a, b in zip(rates["fast-loop length-aware"], rates["fast-loop full"])])
-        out["measured"][maxlen] = {"inputs": source, "rows": rows, "steps_skipped": 1 - steps / full,
-                                   "reviews_per_s": {n: _median(v) for n, v in rates.items()},
-                                   "speedup": speedup, "max_abs_delta_vs_keras": deltas}
-        print(f"maxlen {maxlen:4d}, mask_zero + pre padding, {rows} rows: "
+        steps, full = window_steps(x, batch)
+        names = list(predictors)
+
+        def speedup(num: str, den: str) -> float:
+            return _median([a / b for a, b in zip(rates[num], rates[den])])
+
+        result = {"inputs": source, "rows": rows, "batch_size": batch, "steps_skipped": 1 - steps / full,
+                  "reviews_per_s": {n: _median(v) for n, v in rates.items()},
+                  "speedup_length_aware": speedup(names[1], names[0]),
+                  "speedup_dense_spans": speedup(names[2], names[1]),
+                  "speedup_both": speedup(names[2], names[0]), "max_abs_delta_vs_keras": deltas}
+        out["measured"][name] = result
+        print(f"{name}, pre padding, {rows} rows in batches of {batch}: "
               + ", ".join(f"{n} {_median(v):.0f}/s (max |delta| {deltas[n]:.1e})" for n, v in rates.items())
-              + f"; {100 * (1 - steps / full):.1f}% steps skipped, speed-up {speedup:.2f}x", flush=True)
+              + f"; {100 * (1 - steps / full):.1f}% steps skipped; speed-up: length-aware "
+              f"{result['speedup_length_aware']:.2f}x, dense spans {result['speedup_dense_spans']:.2f}x, "
+              f"both {result['speedup_both']:.2f}x", flush=True)
         del model, predictors
     return out
 

@@ -77,6 +77,11 @@ def map_indices(values: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return np.where(keep, values, prep.oov_char).astype(np.int32, copy=False)
 
 
+# Rows per pass of to_matrix, so that its index arrays (int64, one entry per kept token) stay
+# a few MB whatever the batch: 8,192 rows at maxlen 500 would otherwise need ~100 MB of them.
+MATRIX_CHUNK_TOKENS = 1 << 18
+
+
 def to_matrix(tokens: "pa.Array | pa.ChunkedArray", prep: Preprocessing) -> np.ndarray:
     """Pad/truncate a list array to ``(n, maxlen)`` int32, vectorised on the offsets.
 
@@ -85,13 +90,21 @@ def to_matrix(tokens: "pa.Array | pa.ChunkedArray", prep: Preprocessing) -> np.n
     """
     arr = as_list_array(tokens)
     n = len(arr)
-    maxlen = prep.maxlen
-    out = np.zeros((n, maxlen), dtype=np.int32)
+    out = np.zeros((n, prep.maxlen), dtype=np.int32)
+    step = max(1, MATRIX_CHUNK_TOKENS // max(prep.maxlen, 1))
+    for s in range(0, n, step):
+        _fill_rows(out[s:s + step], arr.slice(s, step), prep)
+    return out
+
+
+def _fill_rows(out: np.ndarray, arr: pa.ListArray | pa.LargeListArray, prep: Preprocessing) -> None:
+    n, maxlen = out.shape
     if n == 0:
-        return out
-    # Offsets of a sliced array still index the parent's values buffer.
+        return
+    # Offsets of a sliced array index the parent's values buffer: take just this slice's values.
     offsets = arr.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
-    values = arr.values
+    values = arr.values.slice(offsets[0], offsets[-1] - offsets[0])
+    offsets -= offsets[0]
     if values.null_count:
         values = pc.fill_null(values, prep.oov_char)
     vals = map_indices(values.to_numpy(zero_copy_only=False), prep)
@@ -106,13 +119,12 @@ def to_matrix(tokens: "pa.Array | pa.ChunkedArray", prep: Preprocessing) -> np.n
     dst_start = (maxlen - kept) if prep.padding == "pre" else np.zeros_like(kept)
     total = int(kept.sum())
     if total == 0:
-        return out
+        return
     row = np.repeat(np.arange(n, dtype=np.int64), kept)
     # Position of each kept token inside its row's kept slice.
     first = np.cumsum(kept) - kept
     pos = np.arange(total, dtype=np.int64) - np.repeat(first, kept)
     out[row, np.repeat(dst_start, kept) + pos] = vals[np.repeat(src_start, kept) + pos]
-    return out
 
 
 def lengths(tokens: "pa.Array | pa.ChunkedArray") -> np.ndarray:

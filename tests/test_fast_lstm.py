@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 
 from models.fast_lstm import (
+    DENSE_NAME,
     FORMS,
     LAYOUTS,
     WINDOW_NAME,
     FastLstmPredictor,
     build_fast_onnx,
+    dense_span,
     describe,
     padding_window,
     window_exact,
@@ -124,9 +126,12 @@ def test_mask_zero_length_aware_batching_is_exact_and_skips_steps():
     onnx_bytes = build_fast_onnx(model, form="loop")
     aware = FastLstmPredictor(onnx_bytes, batch_size=32)
     full = FastLstmPredictor(onnx_bytes, batch_size=32, length_aware=False)
-    assert aware.length_aware and not full.length_aware
+    masked = FastLstmPredictor(onnx_bytes, batch_size=32, length_aware=False, dense=False)  # every step masked
+    assert aware.length_aware and aware.dense and not full.length_aware and full.dense and not masked.dense
     check_parity(aware, x, reference)
     check_parity(full, x, reference)
+    np.testing.assert_array_equal(aware.predict(x), masked.predict(x))  # skipping steps and masks: bit for bit
+    np.testing.assert_array_equal(full.predict(x), masked.predict(x))
     steps, total = window_steps(x, 32)
     assert steps < 0.8 * total  # the window really skips padding
     # Results come back in input order even for a single row and for all-padding batches.
@@ -152,20 +157,90 @@ def test_window_skips_exactly_the_padding_and_nothing_else():
     assert start.min() >= 3 and stop.max() == 8
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_masked_max_pooling_without_relu_has_no_window(bidirectional):
-    """Masked steps' outputs (copies, or zeros for Bidirectional: ``zero_output_for_mask``) then
-    take part in the max: that must match Keras, and running fewer steps would not be exact."""
+def test_dense_span_is_where_no_row_has_padding():
+    x = np.array([[0, 0, 3, 4, 5, 6],
+                  [0, 7, 8, 9, 1, 2],
+                  [0, 0, 0, 5, 5, 5]], np.int32)
+    assert dense_span(x, *padding_window(x)) == (3, 6)
+    post = x[:, ::-1].copy()
+    assert dense_span(post, *padding_window(post)) == (0, 3)
+    gap = x.copy()
+    gap[1, 4] = 0  # a padding token inside a review: no dense span (the masks are needed)
+    assert dense_span(gap, *padding_window(gap)) == (0, 0)
+    blank = np.vstack([x, np.zeros((1, 6), np.int32)])
+    assert dense_span(blank, *padding_window(blank)) == (0, 0)
+    assert dense_span(x[:0], *padding_window(x[:0])) == (0, 0)
+
+
+def test_graph_without_dense_input_still_scores_length_aware():
+    """Versions registered before the ``dense`` input existed have a window only."""
+    import onnx
+
+    model = tiny(seed=3, maxlen=12, mask_zero=True, bidirectional=True, pooling="max", lstm_layers=2)
+    graph = onnx.load_from_string(build_fast_onnx(model))
+    kept = [i for i in graph.graph.input if i.name != DENSE_NAME]  # its initializer stays: a constant
+    del graph.graph.input[:]
+    graph.graph.input.extend(kept)
+    predictor = FastLstmPredictor(graph.SerializeToString(), batch_size=32)
+    assert predictor.length_aware and not predictor.dense
+    x = padded(100, 12, "pre", 4)
+    assert all(DENSE_NAME not in predictor._feed(x, rows) for rows in predictor._batches(x))
+    check_parity(predictor, x, keras_reference(model, x))
+
+
+def max_pooled_without_relu(maxlen: int, bidirectional: bool, seed: int = 5):
+    """A masked model whose max pooling sees the masked steps' outputs: no window."""
     import keras
     from keras import layers
 
-    keras.utils.set_random_seed(5)
-    inputs_ = keras.Input((7,), dtype="int32")
+    keras.utils.set_random_seed(seed)
+    inputs_ = keras.Input((maxlen,), dtype="int32")
     h = layers.Embedding(VOCAB, 5, mask_zero=True)(inputs_)
     lstm = layers.LSTM(3, return_sequences=True)
     h = (layers.Bidirectional(lstm) if bidirectional else lstm)(h)
     h = layers.GlobalMaxPooling1D()(h)
-    model = _scaled(keras.Model(inputs_, layers.Dense(1, activation="sigmoid")(h)))
+    return _scaled(keras.Model(inputs_, layers.Dense(1, activation="sigmoid")(h)))
+
+
+@pytest.mark.parametrize("case", ["bi-max-2-pre", "bi-2-post", "no-window"])
+def test_dense_span_runs_unmasked_steps_bit_for_bit(case):
+    """Inside the dense span the masks are dropped: identical scores when the span holds no
+    padding, different ones when it wrongly claims a padded position (so the span is used)."""
+    side = "post" if case == "bi-2-post" else "pre"
+    if case == "no-window":
+        model = max_pooled_without_relu(9, bidirectional=True, seed=8)
+    else:
+        model = tiny(seed=8, maxlen=9, mask_zero=True, bidirectional=True, lstm_layers=2, padding=side,
+                     pooling="max" if case == "bi-max-2-pre" else "last")
+    assert window_exact(describe(model)) == (case != "no-window")
+    x = padded(12, 9, side, 9)
+    x = x[np.argsort((x != 0).sum(axis=1))][-6:]  # the six longest: a non-empty span
+    predictor = FastLstmPredictor(build_fast_onnx(model, form="loop"), length_aware=False, threads=1)
+    assert predictor.dense
+    start, stop = padding_window(x)
+    a, b = dense_span(x, start, stop)
+    assert b - a >= 3
+
+    def scores(span):
+        return predictor.session.run(None, {"tokens": x, DENSE_NAME: np.array(span, np.int64)})[0].reshape(-1)
+
+    masked = scores([0, 0])
+    np.testing.assert_allclose(masked, keras_reference(model, x), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(scores([a, b]), masked)
+    np.testing.assert_array_equal(scores([a + 1, b - 1]), masked)   # any sub-span
+    np.testing.assert_array_equal(scores([b, a]), masked)           # reversed: empty
+    wrong = [a - 1, b] if side == "pre" else [a, b + 1]              # one padded position claimed
+    assert np.max(np.abs(scores(wrong) - masked)) > 1e-3
+    # The predictor feeds the span of each sorted batch.
+    rows, = predictor._batches(x)
+    assert tuple(predictor._feed(x, rows)[DENSE_NAME]) == (a, b)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_masked_max_pooling_without_relu_has_no_window(bidirectional):
+    """Masked steps' outputs (copies, or zeros for Bidirectional: ``zero_output_for_mask``) then
+    take part in the max: that must match Keras, and running fewer steps would not be exact."""
+    model = max_pooled_without_relu(7, bidirectional)
     assert not window_exact(describe(model))
     for form in FORMS:
         predictor = assert_parity(model, form=form)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from unittest import mock
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra import storage
+from models import preprocessing, scoring
 from models.preprocessing import Preprocessing, to_matrix
 from models.scoring import (
     EMPTY_SEQ,
@@ -458,9 +460,13 @@ def _as_arrow(rows, kind: str, lead: int, value_type: pa.DataType):
 
 @settings(max_examples=int(os.environ.get("HOSTILE_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=_rows, prep=_preprocessings(), kind=st.sampled_from(["plain", "sliced", "chunked", "large"]),
-       lead=st.integers(0, 4), value_type=st.sampled_from([pa.int32(), pa.int64(), pa.int16()]))
-def test_to_matrix_equals_keras_pad_sequences(rows, prep, kind, lead, value_type):
-    got = to_matrix(_as_arrow(rows, kind, lead, value_type), prep)
+       lead=st.integers(0, 4), value_type=st.sampled_from([pa.int32(), pa.int64(), pa.int16()]),
+       chunk_rows=st.sampled_from([None, 1, 3]))
+def test_to_matrix_equals_keras_pad_sequences(rows, prep, kind, lead, value_type, chunk_rows):
+    # chunk_rows: to_matrix fills long batches a few rows at a time; make that happen on small ones.
+    tokens = preprocessing.MATRIX_CHUNK_TOKENS if chunk_rows is None else chunk_rows * prep.maxlen
+    with mock.patch.object(preprocessing, "MATRIX_CHUNK_TOKENS", tokens):
+        got = to_matrix(_as_arrow(rows, kind, lead, value_type), prep)
     want = _reference_matrix(rows, prep)
     assert got.dtype == np.int32 and got.shape == (len(rows), prep.maxlen)
     np.testing.assert_array_equal(got, want)
@@ -511,11 +517,13 @@ def _token_rows(draw):
 @settings(max_examples=int(os.environ.get("HOSTILE_EXAMPLES", 200)), deadline=None)
 @given(data=_token_rows(), vocab_size=st.integers(1, 60), kind=st.sampled_from(["plain", "sliced", "chunked",
                                                                                    "large"]),
-       lead=st.integers(0, 4))
-def test_token_reasons_one_code_per_row_and_never_ok_out_of_range(data, vocab_size, kind, lead):
+       lead=st.integers(0, 4), chunk_rows=st.sampled_from([None, 1, 4]))
+def test_token_reasons_one_code_per_row_and_never_ok_out_of_range(data, vocab_size, kind, lead, chunk_rows):
     value_type, rows = data
     arr = _as_arrow(rows, kind, lead, value_type)
-    codes = _token_reasons(arr, vocab_size)
+    # chunk_rows: long batches are judged a few rows at a time; make that happen on small ones.
+    with mock.patch.object(scoring, "VALIDATE_ROWS", chunk_rows or scoring.VALIDATE_ROWS):
+        codes = _token_reasons(arr, vocab_size)
     assert codes.shape == (len(rows),), "exactly one reason code per row"
     assert set(codes.tolist()) <= set(range(len(reason_labels(vocab_size))))
     floating = pa.types.is_floating(value_type)

@@ -293,7 +293,8 @@ def test_record_batches_are_capped_in_tokens():
     from tasks.scoring import BATCH_TOKENS, record_batch_rows
 
     assert record_batch_rows(8192, 50) == 8192  # the seed model: the flow's batch_size
-    assert record_batch_rows(8192, 500) == BATCH_TOKENS // 500 == 1048  # the default model
+    assert record_batch_rows(8192, 500) == BATCH_TOKENS // 500 == 4194  # the default model
+    assert record_batch_rows(8192, 2000) == 1048
     assert record_batch_rows(8192, 100_000) == 256  # never fewer than 256 rows...
     assert record_batch_rows(100, 500) == 100  # ...and never more than asked for
     assert record_batch_rows(1, 50) == 1
