@@ -27,7 +27,9 @@ Measured, each in its own fresh Python process (so peak RSS belongs to one pipel
 
 Before the measured runs one unmeasured child starts Prefect once, so the run's own
 ``PREFECT_HOME`` already has its database (as on any machine that has used Prefect).
-``--repeat N`` runs the pipelines N times, alternating, and reports the median.
+``--repeat N`` runs the pipelines N times, alternating, and reports the median run of each, and
+the ratio of each round's back-to-back runs with their median (on a VM whose speed drifts, the
+paired ratios are the steadier figure).
 
 Both outputs are joined on ``review_id`` and the largest score difference is reported.  Every
 figure is measured in this run; ratios compare pipelines measured in this run on the same machine.
@@ -42,6 +44,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -536,10 +539,14 @@ def main(argv: list[str] | None = None) -> int:
                               workdir, f"{name}-{job}-{dump['rows']}rows{suffix}", env)
                 runs[job].append({**r, "output": out})
         ours, naive = combine(runs["ours"]), combine(runs["naive"])
+        # Each round's ours and naive runs are back to back, so their ratio shares the machine's mood.
+        paired = [o["work_reviews_per_s"] / n["work_reviews_per_s"] for o, n in zip(runs["ours"], runs["naive"])]
         delta, joined = max_score_delta(ours["output"], naive["output"])
         case_result = {
             **case, "dump": dumps[case["rows"]], "ours": ours, "naive": naive,
             "throughput_ratio_work": ours["work_reviews_per_s"] / naive["work_reviews_per_s"],
+            "throughput_ratio_work_per_round": paired,
+            "throughput_ratio_work_paired_median": statistics.median(paired),
             "throughput_ratio_process": ours["process_reviews_per_s"] / naive["process_reviews_per_s"],
             "cpu_efficiency_ratio": ours["reviews_per_cpu_s"] / naive["reviews_per_cpu_s"],
             "peak_rss_ratio_ours_over_naive": ours["peak_rss_mb"] / naive["peak_rss_mb"],
@@ -579,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  throughput ours/naive: {r['throughput_ratio_work']:.2f}x excluding imports and Prefect start-up, "
               f"{r['throughput_ratio_process']:.2f}x whole process; reviews per CPU-second "
               f"{r['cpu_efficiency_ratio']:.2f}x")
+        if len(r["throughput_ratio_work_per_round"]) > 1:
+            print("  per round (ours and naive back to back): " +
+                  ", ".join(f"{x:.2f}x" for x in r["throughput_ratio_work_per_round"]) +
+                  f"; median {r['throughput_ratio_work_paired_median']:.2f}x")
         o = r["ours"]
         print(f"  ours: flow call {o['flow_call_s']:.1f} s (flow body {o['flow_body_s']:.1f} s), Prefect start-up "
               f"{o['prefect_startup_s']:.1f} s, imports {o['import_s']:.1f} s; CPU {o['work_cpu_s']:.1f} s "
