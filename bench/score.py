@@ -25,6 +25,13 @@ Measured, each in its own fresh Python process (so peak RSS belongs to one pipel
 * ``ours`` again on a dump of ``--flat-rows`` reviews (default: 10x fewer) to check that peak
   memory does not grow with the input size.
 
+The compute ceiling, to tell how far the arithmetic lets ``ours`` go: the FLOPs per review the
+fast graph cannot avoid on this dump (its step products after the gate table, on the positions
+its batching runs; from the model and the dump, not timed), and after each round a 2048^3 float32
+numpy matmul (the issue's roofline, GFLOP/s on all cores).  Reported: the reviews/s a pipeline
+doing nothing but those products at that rate would reach, as a ratio to the same round's naive
+run, and the share of the sgemm rate the products would need, everything else free, for 5x.
+
 Before the measured runs one unmeasured child starts Prefect once, so the run's own
 ``PREFECT_HOME`` already has its database (as on any machine that has used Prefect).
 ``--repeat N`` runs the pipelines N times, alternating, and reports the median run of each, and
@@ -297,8 +304,52 @@ def child_register(spec: dict[str, Any]) -> dict[str, Any]:
     return {"version": version, "seconds": time.perf_counter() - t}
 
 
+def child_flops(spec: dict[str, Any]) -> dict[str, Any]:
+    """FLOPs per review of the benchmark model on the dump: the plain model's, and those the fast
+    graph cannot avoid (the step products left after the gate table, on the positions its batching
+    runs).  Nothing here is timed."""
+    import numpy as np
+    import pyarrow.dataset as ds
+
+    from models.fast_lstm import describe, window_exact, window_steps
+    from models.predictors import rows_per_batch
+    from models.preprocessing import to_matrix
+    from models.registry import ModelRegistry
+    from tasks.scoring import record_batch_rows
+
+    registry = ModelRegistry(spec["registry"])
+    net = describe(registry.load_keras(spec["version"]))
+    prep = registry.preprocessing(spec["version"])
+    plain, fast = net.step_flops()
+    tokens = ds.dataset(spec["input"], format="parquet").to_table(columns=["tokens"]).column("tokens")
+    x = to_matrix(tokens.combine_chunks(), prep)
+    steps, full = len(x) * prep.maxlen, len(x) * prep.maxlen
+    if window_exact(net):  # length-aware: each record batch sorted, run in predictor batches
+        pool, batch = record_batch_rows(spec["batch_size"], prep.maxlen), rows_per_batch(prep.maxlen)
+        steps = sum(window_steps(x[s:s + pool], batch)[0] for s in range(0, len(x), pool))
+    return {"rows_in": len(x), "rows_scored": len(x), "rows_rejected": 0,
+            "plain_flops_per_review": plain * prep.maxlen, "fast_flops_per_review": fast * steps / len(x),
+            "steps_run_fraction": steps / full}
+
+
+def child_sgemm(spec: dict[str, Any]) -> dict[str, Any]:
+    """GFLOP/s of a large float32 matrix product on all cores (median of 5): the issue's roofline."""
+    import numpy as np
+
+    n = 2048
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up
+    rates = []
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        rates.append(2.0 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return {"rows_in": 0, "rows_scored": 0, "rows_rejected": 0, "sgemm_gflops": statistics.median(rates)}
+
+
 CHILDREN = {"ours": child_ours, "naive": child_naive, "prefect-init": child_prefect_init,
-            "register": child_register}
+            "register": child_register, "flops": child_flops, "sgemm": child_sgemm}
 
 
 def run_child_main(spec_path: str) -> None:
@@ -357,6 +408,27 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                              "peak_rss_mb")}
                           for r in runs]
     return out
+
+
+def compute_ceiling(flops: dict[str, Any], sgemm: list[float], ours: list[dict[str, Any]],
+                    naive: list[dict[str, Any]]) -> dict[str, Any]:
+    """How far the arithmetic lets ours go: a pipeline that did nothing but the fast graph's step
+    products, at the large-sgemm rate of the same round, against that round's naive run."""
+    fast, plain = flops["fast_flops_per_review"], flops["plain_flops_per_review"]
+    ceiling = [g * 1e9 / fast for g in sgemm]
+    n_rps = [n["work_reviews_per_s"] for n in naive]
+    o_rps = [o["work_reviews_per_s"] for o in ours]
+    return {
+        **flops, "fast_mflop_per_review": fast / 1e6, "plain_mflop_per_review": plain / 1e6,
+        "sgemm_gflops": sgemm, "ceiling_reviews_per_s": statistics.median(ceiling),
+        "ceiling_ratio_per_round": [c / n for c, n in zip(ceiling, n_rps)],
+        "ceiling_ratio_paired_median": statistics.median(c / n for c, n in zip(ceiling, n_rps)),
+        # The share of the sgemm rate the fast graph's products must run at, with nothing else
+        # costing time, for ours to reach 5x the naive run of the same round.
+        "share_of_sgemm_for_5x_median": statistics.median(5 * n * fast / (g * 1e9) for n, g in zip(n_rps, sgemm)),
+        "ours_share_of_sgemm_median": statistics.median(o * fast / (g * 1e9) for o, g in zip(o_rps, sgemm)),
+        "naive_share_of_sgemm_median": statistics.median(n * plain / (g * 1e9) for n, g in zip(n_rps, sgemm)),
+    }
 
 
 # --------------------------------------------------------------------------- comparing outputs
@@ -529,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         if i == 0 and args.flat_rows:
             jobs["flat"] = ("ours", dumps[args.flat_rows])
         runs: dict[str, list[dict[str, Any]]] = {job: [] for job in jobs}
+        flops = run_child("flops", {**base, "input": dumps[case["rows"]]["dir"], "rows": case["rows"]},
+                          workdir, f"{name}-flops", env, check_rows=False)
+        sgemm: list[float] = []
         for rep in range(args.repeat):
             # Pipelines alternate, so a burst of load from elsewhere hits them alike.
             for job, (pipeline, dump) in jobs.items():
@@ -538,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_child(pipeline, {**base, "input": dump["dir"], "output": out, "rows": dump["rows"]},
                               workdir, f"{name}-{job}-{dump['rows']}rows{suffix}", env)
                 runs[job].append({**r, "output": out})
+            # The roofline of this round, measured right after its pipelines.
+            sgemm.append(run_child("sgemm", {"rows": 0}, workdir, f"{name}-sgemm-{rep + 1}", env,
+                                   check_rows=False)["sgemm_gflops"])
         ours, naive = combine(runs["ours"]), combine(runs["naive"])
         # Each round's ours and naive runs are back to back, so their ratio shares the machine's mood.
         paired = [o["work_reviews_per_s"] / n["work_reviews_per_s"] for o, n in zip(runs["ours"], runs["naive"])]
@@ -552,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_ratio_ours_over_naive": ours["peak_rss_mb"] / naive["peak_rss_mb"],
             "max_abs_delta": delta, "joined_rows": joined, "parity_ok": delta <= PARITY_LIMIT,
             "predictor": args.predictor,
+            "compute_ceiling": compute_ceiling(flops, sgemm, runs["ours"], runs["naive"]),
         }
         log(f"{name}: ours/naive reviews/s = {case_result['throughput_ratio_work']:.2f}x (work), "
             f"{case_result['throughput_ratio_process']:.2f}x (process), reviews per CPU-second "
@@ -603,6 +682,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  max |score delta| after joining on review_id: {r['max_abs_delta']:.3g} "
               f"({'ok' if r['parity_ok'] else 'FAIL'}, limit {PARITY_LIMIT:g}"
               f"{'; int8 predictor: approximate by design, see bench/quantized.py' if r['predictor'] == 'int8' else ''})")
+        c = r["compute_ceiling"]
+        print(f"  compute ceiling: the fast graph needs {c['fast_mflop_per_review']:.2f} MFLOP per review on this "
+              f"dump ({100 * c['steps_run_fraction']:.1f}% of the steps; plain model {c['plain_mflop_per_review']:.2f}). "
+              f"At the sgemm rate of the same rounds ({', '.join(f'{g:.0f}' for g in c['sgemm_gflops'])} GFLOP/s) "
+              f"only those products would score {c['ceiling_reviews_per_s']:,.0f} reviews/s = "
+              f"{c['ceiling_ratio_paired_median']:.2f}x naive (per round "
+              f"{', '.join(f'{x:.2f}x' for x in c['ceiling_ratio_per_round'])}); 5x naive needs "
+              f"{100 * c['share_of_sgemm_for_5x_median']:.0f}% of that rate end to end; ours ran at "
+              f"{100 * c['ours_share_of_sgemm_median']:.0f}%, naive at {100 * c['naive_share_of_sgemm_median']:.0f}% "
+              f"(plain FLOPs)")
         if "memory_flatness" in r:
             m = r["memory_flatness"]
             print(f"  memory flatness: peak RSS {m['small_peak_rss_mb']:,.0f} MB at {m['small_rows']:,} reviews, "
