@@ -315,6 +315,8 @@ class _Graph:
         self.dense = False   # ... and the optional dense input
         self._count = 0
         self._consts: dict = {}
+        self._locals: dict = {}
+        self.own_initializers = self.initializers  # where local() puts them (a Loop body: its own)
 
     def name(self, hint: str) -> str:
         self._count += 1
@@ -330,6 +332,16 @@ class _Graph:
         if key is not None:
             self._consts[key] = name
         return name
+
+    def local(self, value: np.ndarray, hint: str) -> str:
+        """An initializer of this graph itself (not shared through ``const`` with an outer graph),
+        made once per array object: for weights ONNX Runtime should pre-pack (see :class:`_Weight`)."""
+        key = id(value)
+        if key not in self._locals:
+            name = self.name(hint)
+            self.own_initializers.append(self.numpy_helper.from_array(value, name))
+            self._locals[key] = (value, name)  # the array is kept, so its id is not reused
+        return self._locals[key][1]
 
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int | list[str] = 1,
            **attrs):
@@ -396,15 +408,20 @@ def _cell(g: _Graph, zs: list[str], c_prev: str | None, units: int, mask: str | 
 
 
 class _Weight:
-    """One weight matrix of a step's products, float32 or int8 (see PRECISIONS)."""
+    """One weight matrix of a step's products, float32 or int8 (see PRECISIONS).
 
-    def __init__(self, g: _Graph, w: np.ndarray, hint: str, precision: str):
+    Its initializers are made in the graph of the node that multiplies by it (:meth:`_Graph.local`),
+    also inside a ``Loop`` body: ONNX Runtime pre-packs a Gemm/MatMul weight only when it is an
+    initializer of the node's own graph, not an outer-scope value, and packing it again at every
+    step cost 1.34x at maxlen 50 and 1.48x on the ``default`` preset (``bench/README.md``)."""
+
+    def __init__(self, w: np.ndarray, hint: str, precision: str):
         self.int8 = precision == "int8"
+        self.hint = hint
         if self.int8:
-            q, scale = quantize_columns(w)
-            self.q, self.scale = g.const(q, hint + "q"), g.const(scale, hint + "s")
+            self.q, self.scale = quantize_columns(w)
         else:
-            self.w = g.const(w, hint)
+            self.w = w
 
     @staticmethod
     def prepare(g: _Graph, x: str, precision: str) -> str:
@@ -416,9 +433,10 @@ class _Weight:
     def times_plus(self, g: _Graph, x: str, acc: str, hint: str) -> str:
         """``x @ w + acc`` (``x`` from :meth:`prepare`)."""
         if not self.int8:
-            return g.op("Gemm", [x, self.w, acc], hint)
-        y = g.op("MatMulIntegerToFloat", [x, self.q, g.const(INT8_INPUT_SCALE, "xs"), self.scale,
-                                          g.const(INT8_INPUT_ZERO, "xz")], hint + "_i8", domain=_MS)
+            return g.op("Gemm", [x, g.local(self.w, self.hint), acc], hint)
+        y = g.op("MatMulIntegerToFloat", [x, g.local(self.q, self.hint + "q"), g.const(INT8_INPUT_SCALE, "xs"),
+                                          g.local(self.scale, self.hint + "s"), g.const(INT8_INPUT_ZERO, "xz")],
+                 hint + "_i8", domain=_MS)
         return g.op("Add", [y, acc], hint)
 
 
@@ -441,11 +459,11 @@ class _Inputs:
             for gr in self.groups:
                 row, ws = 0, []
                 for width in part_widths:
-                    ws.append(_Weight(g, _cols(kernel[row:row + width], gr), f"{tag}_W", precision))
+                    ws.append(_Weight(_cols(kernel[row:row + width], gr), f"{tag}_W", precision))
                     row += width
                 self.weights.append(ws)
         recurrent = _reorder(d.recurrent, d.units)
-        self.recurrent = [_Weight(g, _cols(recurrent, gr), f"{tag}_R", precision) for gr in self.groups]
+        self.recurrent = [_Weight(_cols(recurrent, gr), f"{tag}_R", precision) for gr in self.groups]
 
     def bases(self, g: _Graph, tokens: str | None, parts: list[str] | None) -> list[str]:
         """Nodes (in graph ``g``) computing the step's input pre-activations from the token ids
@@ -632,7 +650,8 @@ def _segment_loop(g: _Graph, tag: str, li: int, d: LstmWeights, inp: "_Inputs", 
 
     f32 = TensorProto.FLOAT
     body = _Graph(prefix=f"{tag}_")
-    body.const = g.const  # initializers live in the outer graph (outer-scope references)
+    body.const = g.const  # initializers live in the outer graph (outer-scope references) ...
+    body.own_initializers = []  # ... except the step's weights (_Weight)
     it, cond_in, h_in, c_in, m_in = (f"{tag}_{n}" for n in ("it", "cond", "h_in", "c_in", "max_in"))
     k = body.op("Sub" if d.go_backwards else "Add", [first, it], "k")
     tokens = body.op("Gather", [xt, k], "idx", axis=0) if li == 0 else None
@@ -655,7 +674,7 @@ def _segment_loop(g: _Graph, tag: str, li: int, d: LstmWeights, inp: "_Inputs", 
         results.append(out if out not in results else body.op("Identity", [out], "o"))
     graph = helper.make_graph(body.nodes, f"{tag}_body", ins,
                               [helper.make_tensor_value_info(o, TensorProto.BOOL if i == 0 else f32, None)
-                               for i, o in enumerate(results)])
+                               for i, o in enumerate(results)], initializer=body.own_initializers)
     return g.op("Loop", [trip, g.const(np.bool_(True), "true"), *state], f"{tag}_loop",
                 outputs=len(results) - 1, body=graph)
 

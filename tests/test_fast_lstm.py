@@ -117,6 +117,27 @@ def test_architecture_options_match_keras(overrides, form):
     assert_parity(tiny(seed=2, maxlen=7, **overrides), form=form)
 
 
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+@pytest.mark.parametrize("overrides", [dict(), dict(mask_zero=True, bidirectional=True, lstm_layers=2,
+                                                    pooling="max", padding="pre")], ids=["seed", "mask-bi-max-2"])
+def test_step_weights_are_initializers_of_the_loop_bodies_that_multiply_by_them(overrides, precision):
+    """ONNX Runtime pre-packs a Gemm/MatMul weight only when it is an initializer of the node's own
+    graph; an outer-scope weight is packed again at every step."""
+    import onnx
+
+    graph = onnx.load_from_string(build_fast_onnx(tiny(seed=3, **overrides), form="loop", precision=precision)).graph
+    bodies = [a.g for n in graph.node if n.op_type == "Loop" for a in n.attribute if a.name == "body"]
+    products = 0
+    for body in bodies:
+        own = {t.name for t in body.initializer}
+        for node in body.node:
+            if node.op_type in ("Gemm", "MatMul", "MatMulIntegerToFloat"):
+                products += 1
+                weights = [node.input[1]] + ([node.input[3]] if node.op_type == "MatMulIntegerToFloat" else [])
+                assert set(weights) <= own, (body.name, node.name, weights)
+    assert products >= len(bodies) >= 1  # every step multiplies by the recurrent weights at least
+
+
 def test_mask_zero_length_aware_batching_is_exact_and_skips_steps():
     model = tiny(seed=3, maxlen=12, mask_zero=True, bidirectional=True, pooling="max", lstm_layers=2)
     assert window_exact(describe(model))
