@@ -412,8 +412,9 @@ class _Weight:
 
     Its initializers are made in the graph of the node that multiplies by it (:meth:`_Graph.local`),
     also inside a ``Loop`` body: ONNX Runtime pre-packs a Gemm/MatMul weight only when it is an
-    initializer of the node's own graph, not an outer-scope value, and packing it again at every
-    step cost 1.34x at maxlen 50 and 1.48x on the ``default`` preset (``bench/README.md``)."""
+    initializer of the node's own graph, not an outer-scope value.  Packing it again at every step
+    cost 1.03-1.34x at maxlen 50 and 1.07-1.48x on the ``default`` preset in A/B runs, the most in
+    the VM's slow phases (``bench/README.md``)."""
 
     def __init__(self, w: np.ndarray, hint: str, precision: str):
         self.int8 = precision == "int8"
