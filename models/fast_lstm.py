@@ -777,13 +777,18 @@ class BatchParallelOnnxPredictor(OnnxPredictor):
     gate-table graph has ~15 small nodes per time step, and on a busy machine a descheduled
     thread stalls each barrier.  Here the session has one intra-op thread and ``threads`` Python
     threads (default: one per usable core) each run whole batches (``session.run`` is
-    thread-safe and releases the GIL), so nothing waits for anything else."""
+    thread-safe and releases the GIL), so nothing waits for anything else.
+
+    With several threads the session does without ONNX Runtime's memory arena, which they would
+    share for every step's tensors: 1.14-1.20x on the seed model's graph with 2 threads, no
+    change with one (``bench/README.md``)."""
 
     kind = "onnx"
 
     def __init__(self, onnx_bytes: bytes, batch_size: int = 1024, threads: int = 0):
-        super().__init__(onnx_bytes, batch_size=batch_size, threads=1)
-        self.workers = threads if threads > 0 else _cpu_count()
+        workers = threads if threads > 0 else _cpu_count()
+        super().__init__(onnx_bytes, batch_size=batch_size, threads=1, arena=workers == 1)
+        self.workers = workers
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx-batch") if self.workers > 1 else None
 
     def _chunk(self, n: int) -> int:

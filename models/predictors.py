@@ -43,11 +43,12 @@ class KerasPredictor:
 class OnnxPredictor:
     kind = "onnx"
 
-    def __init__(self, onnx_bytes: bytes, batch_size: int = 1024, threads: int = 0):
+    def __init__(self, onnx_bytes: bytes, batch_size: int = 1024, threads: int = 0, arena: bool = True):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads  # 0: one per core
+        opts.enable_cpu_mem_arena = arena
         # Busy-waiting worker threads burn the CPU that other units and processes need.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3

@@ -96,6 +96,8 @@ def test_sequential_and_concurrent_batches_agree(threads):
         predictor = FastLstmPredictor(onnx_bytes, batch_size=batch_size, threads=threads)
         check_parity(predictor, x, reference)
         check_parity(predictor, x[:0], reference[:0])
+        # Concurrent batches would contend for one memory arena (see BatchParallelOnnxPredictor).
+        assert predictor.session.get_session_options().enable_cpu_mem_arena is (threads == 1)
 
 
 @pytest.mark.parametrize("form", FORMS)
