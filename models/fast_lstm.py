@@ -779,15 +779,15 @@ class BatchParallelOnnxPredictor(OnnxPredictor):
     threads (default: one per usable core) each run whole batches (``session.run`` is
     thread-safe and releases the GIL), so nothing waits for anything else.
 
-    With several threads the session does without ONNX Runtime's memory arena, which they would
-    share for every step's tensors: 1.14-1.20x on the seed model's graph with 2 threads, no
-    change with one (``bench/README.md``)."""
+    ``shared_arena``: whether concurrent batches share ONNX Runtime's memory arena (see
+    :class:`FastLstmPredictor`)."""
 
     kind = "onnx"
+    shared_arena = True
 
     def __init__(self, onnx_bytes: bytes, batch_size: int = 1024, threads: int = 0):
         workers = threads if threads > 0 else _cpu_count()
-        super().__init__(onnx_bytes, batch_size=batch_size, threads=1, arena=workers == 1)
+        super().__init__(onnx_bytes, batch_size=batch_size, threads=1, arena=self.shared_arena or workers == 1)
         self.workers = workers
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx-batch") if self.workers > 1 else None
 
@@ -829,9 +829,14 @@ class FastLstmPredictor(BatchParallelOnnxPredictor):
     (:func:`batch_order`), and each batch runs only the positions where some row has a token.
     ``dense`` (default on; a masked model's ``loop`` graph): each batch runs the positions where
     none of its rows has padding without masks (:func:`dense_span`).  Both are bit-for-bit exact;
-    results come back in the input order."""
+    results come back in the input order.
+
+    With several threads the session does without ONNX Runtime's memory arena, which they would
+    share for every step's small tensors: 1.14-1.20x on the seed model's graph with 2 threads, no
+    change with one.  (The plain export's few large tensors are faster with it.)"""
 
     kind = "fast"
+    shared_arena = False
 
     def __init__(self, onnx_bytes: bytes, batch_size: int = 1024, threads: int = 0, length_aware: bool = True,
                  dense: bool = True):

@@ -19,6 +19,7 @@ from models.fast_lstm import (
     FORMS,
     LAYOUTS,
     WINDOW_NAME,
+    BatchParallelOnnxPredictor,
     FastLstmPredictor,
     build_fast_onnx,
     dense_span,
@@ -96,8 +97,11 @@ def test_sequential_and_concurrent_batches_agree(threads):
         predictor = FastLstmPredictor(onnx_bytes, batch_size=batch_size, threads=threads)
         check_parity(predictor, x, reference)
         check_parity(predictor, x[:0], reference[:0])
-        # Concurrent batches would contend for one memory arena (see BatchParallelOnnxPredictor).
+        # Concurrent batches of small step tensors would contend for one memory arena (see
+        # FastLstmPredictor); the plain export's batch-parallel predictor keeps it.
         assert predictor.session.get_session_options().enable_cpu_mem_arena is (threads == 1)
+    plain = BatchParallelOnnxPredictor(onnx_bytes, threads=threads)
+    assert plain.session.get_session_options().enable_cpu_mem_arena is True
 
 
 @pytest.mark.parametrize("form", FORMS)
