@@ -308,7 +308,6 @@ def child_flops(spec: dict[str, Any]) -> dict[str, Any]:
     """FLOPs per review of the benchmark model on the dump: the plain model's, and those the fast
     graph cannot avoid (the step products left after the gate table, on the positions its batching
     runs).  Nothing here is timed."""
-    import numpy as np
     import pyarrow.dataset as ds
 
     from models.fast_lstm import describe, window_exact, window_steps
