@@ -332,19 +332,13 @@ def child_flops(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_sgemm(spec: dict[str, Any]) -> dict[str, Any]:
-    """GFLOP/s of a large float32 matrix product on all cores (median of 5): the issue's roofline."""
-    import numpy as np
+    """GFLOP/s of a large float32 matrix product on all cores (median of 5): the issue's roofline,
+    measured as ``bench/predictor.py`` does."""
+    from predictor import sgemm_gflops  # bench/ is this script's directory
 
-    n = 2048
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
-    a @ b  # warm-up
-    rates = []
-    for _ in range(5):
-        t = time.perf_counter()
-        a @ b
-        rates.append(2.0 * n ** 3 / (time.perf_counter() - t) / 1e9)
-    return {"rows_in": 0, "rows_scored": 0, "rows_rejected": 0, "sgemm_gflops": statistics.median(rates)}
+    run = sgemm_gflops()
+    return {"rows_in": 0, "rows_scored": 0, "rows_rejected": 0,
+            "sgemm_gflops": statistics.median(run() for _ in range(5))}
 
 
 CHILDREN = {"ours": child_ours, "naive": child_naive, "prefect-init": child_prefect_init,

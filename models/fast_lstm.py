@@ -304,7 +304,10 @@ def gate_table(embeddings: np.ndarray, weights: LstmWeights, chunk: int = 8192) 
 
 
 class _Graph:
-    def __init__(self, prefix: str = ""):
+    """Nodes and initializers of one ONNX graph.  A ``Loop`` body has the enclosing graph as
+    ``outer``: its constants live there (outer-scope references), its :meth:`local` ones in it."""
+
+    def __init__(self, prefix: str = "", outer: _Graph | None = None):
         from onnx import helper, numpy_helper
 
         self.helper, self.numpy_helper = helper, numpy_helper
@@ -316,13 +319,15 @@ class _Graph:
         self._count = 0
         self._consts: dict = {}
         self._locals: dict = {}
-        self.own_initializers = self.initializers  # where local() puts them (a Loop body: its own)
+        self.outer = outer
 
     def name(self, hint: str) -> str:
         self._count += 1
         return f"{self.prefix}{hint}_{self._count}"
 
     def const(self, value, hint: str = "c", dtype=None) -> str:
+        if self.outer is not None:
+            return self.outer.const(value, hint, dtype)
         arr = np.asarray(value, dtype=dtype)
         key = (arr.dtype.str, arr.shape, arr.tobytes()) if arr.size <= 8 else None
         if key is not None and key in self._consts:
@@ -339,7 +344,7 @@ class _Graph:
         key = id(value)
         if key not in self._locals:
             name = self.name(hint)
-            self.own_initializers.append(self.numpy_helper.from_array(value, name))
+            self.initializers.append(self.numpy_helper.from_array(value, name))
             self._locals[key] = (value, name)  # the array is kept, so its id is not reused
         return self._locals[key][1]
 
@@ -650,9 +655,7 @@ def _segment_loop(g: _Graph, tag: str, li: int, d: LstmWeights, inp: "_Inputs", 
     from onnx import TensorProto, helper
 
     f32 = TensorProto.FLOAT
-    body = _Graph(prefix=f"{tag}_")
-    body.const = g.const  # initializers live in the outer graph (outer-scope references) ...
-    body.own_initializers = []  # ... except the step's weights (_Weight)
+    body = _Graph(prefix=f"{tag}_", outer=g)
     it, cond_in, h_in, c_in, m_in = (f"{tag}_{n}" for n in ("it", "cond", "h_in", "c_in", "max_in"))
     k = body.op("Sub" if d.go_backwards else "Add", [first, it], "k")
     tokens = body.op("Gather", [xt, k], "idx", axis=0) if li == 0 else None
@@ -675,7 +678,7 @@ def _segment_loop(g: _Graph, tag: str, li: int, d: LstmWeights, inp: "_Inputs", 
         results.append(out if out not in results else body.op("Identity", [out], "o"))
     graph = helper.make_graph(body.nodes, f"{tag}_body", ins,
                               [helper.make_tensor_value_info(o, TensorProto.BOOL if i == 0 else f32, None)
-                               for i, o in enumerate(results)], initializer=body.own_initializers)
+                               for i, o in enumerate(results)], initializer=body.initializers)
     return g.op("Loop", [trip, g.const(np.bool_(True), "true"), *state], f"{tag}_loop",
                 outputs=len(results) - 1, body=graph)
 
