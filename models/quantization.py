@@ -19,6 +19,22 @@ INT8_FILE = "model.fast-int8.onnx"
 INT8_PROBE_SCORES = "probe_scores_int8.npy"
 # The issue's bound: int8 only where it costs at most 0.2 points of test accuracy.
 MAX_ACCURACY_DROP = 0.002
+# The int8 graph's arithmetic, recorded with every approved graph.  2: weights in [-64, 64], so
+# that no u8 x s8 kernel saturates and the scores do not depend on the CPU's instruction set
+# (models.fast_lstm.INT8_WEIGHT_MAX).  Graphs without it (full-range weights, which give other
+# scores on CPUs without VNNI) are never served.
+INT8_SCHEME = 2
+
+
+def int8_refusal(record: dict[str, Any]) -> str | None:
+    """Why a version's stored int8 graph must not be served, or None when it may be."""
+    scheme = record.get("scheme")
+    if scheme == INT8_SCHEME:
+        return None
+    what = "has no recorded int8 scheme (registered before scheme 2)" if scheme is None else f"uses int8 scheme {scheme}"
+    return (f"its int8 graph {what}: full-range int8 weights saturate in ONNX Runtime's kernels on CPUs "
+            f"without VNNI, so its scores would depend on the machine; score it with predictor=auto, or "
+            f"register the model again to get a scheme-{INT8_SCHEME} int8 graph")
 
 
 def int8_export(model, x_test: np.ndarray, y_test: np.ndarray, accuracy: float, probe: np.ndarray,
@@ -32,7 +48,7 @@ def int8_export(model, x_test: np.ndarray, y_test: np.ndarray, accuracy: float, 
     from models.predictors import rows_per_batch
     from models.registry import npy_bytes  # here: the registry imports this module's file names
 
-    record: dict[str, Any] = {"approved": False, "max_accuracy_drop": max_drop}
+    record: dict[str, Any] = {"approved": False, "max_accuracy_drop": max_drop, "scheme": INT8_SCHEME}
     if not len(x_test):
         return {}, {**record, "reason": "no labelled test reviews to measure the accuracy cost on"}
     try:

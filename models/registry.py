@@ -46,7 +46,7 @@ from models.predictors import (
     rows_per_batch,
 )
 from models.preprocessing import Preprocessing
-from models.quantization import INT8_FILE, INT8_PROBE_SCORES
+from models.quantization import INT8_FILE, INT8_PROBE_SCORES, int8_refusal
 
 CHAMPION = "champion"
 PREDICTOR_KINDS = ("auto", "fast", "onnx", "keras", "int8")
@@ -98,10 +98,14 @@ def _fast_export(model, probe: np.ndarray, reference: np.ndarray) -> tuple[bytes
 
 
 def _inference_copy(model):
-    """The model without its optimizer state: Adam's two slots would triple the file."""
-    import keras
+    """The model without its optimizer state: Adam's two slots would triple the file.
 
-    copy = keras.models.clone_model(model)
+    Not ``keras.models.clone_model``: it compiles the clone like the original, which builds a
+    fresh Adam whose slots ``save`` then writes (``.keras`` ignores ``include_optimizer``).
+    ``get_config`` holds no compile config, and ``from_config`` deserialises the layers in
+    Keras' safe mode, so Lambda layers are refused here as on load.
+    """
+    copy = type(model).from_config(model.get_config())
     copy.set_weights(model.get_weights())
     return copy
 
@@ -291,6 +295,9 @@ class ModelRegistry:
             if INT8_FILE not in meta.get("files", {}):
                 why = meta.get("int8", {}).get("reason", "registered before int8 export existed")
                 raise RegistryError(f"{self.root.uri}: version {version} has no approved int8 predictor ({why})")
+            refusal = int8_refusal(meta.get("int8", {}))
+            if refusal:
+                raise RegistryError(f"{self.root.uri}: version {version} refused for predictor=int8: {refusal}")
             predictor = Int8LstmPredictor(self.read_file(version, INT8_FILE, meta), batch_size=batch)
             reference = self._read_npy(version, INT8_PROBE_SCORES, meta)
         elif kind in ("auto", "fast") and "model.fast.onnx" in meta.get("files", {}):

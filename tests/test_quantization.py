@@ -8,16 +8,20 @@ import io
 import numpy as np
 import pytest
 
+import os
+
 from models.fast_lstm import (
     FORMS,
+    INT8_WEIGHT_MAX,
     FastLstmPredictor,
     Int8LstmPredictor,
     build_fast_onnx,
     quantize_columns,
 )
 from models.predictors import probe_batch
-from models.quantization import INT8_FILE, INT8_PROBE_SCORES, int8_export
+from models.quantization import INT8_FILE, INT8_PROBE_SCORES, INT8_SCHEME, int8_export
 from models.registry import ModelRegistry, RegistryError
+from tests.int8_reference import EMULATED_CPU, emulated_predict, emulator, reference_predict
 from tests.test_fast_lstm import VOCAB, inputs, tiny
 
 pytestmark = pytest.mark.filterwarnings("ignore:Layer '.*' \\(of type GlobalMaxPooling1D\\) was passed an input")
@@ -46,8 +50,75 @@ def test_quantize_columns_is_within_half_a_step_per_column():
     q, scale = quantize_columns(w)
     assert q.dtype == np.int8 and scale.shape == (12,) and scale.dtype == np.float32
     assert np.all(np.abs(q.astype(np.float32) * scale - w) <= scale / 2 * (1 + 1e-6))
-    assert np.all(np.abs(q[:, [c for c in range(12) if c != 3]]).max(axis=0) == 127)
+    assert np.all(np.abs(q[:, [c for c in range(12) if c != 3]]).max(axis=0) == INT8_WEIGHT_MAX)
     assert not q[:, 3].any()
+
+
+def _int8_weights(onnx_bytes: bytes) -> list[np.ndarray]:
+    """The int8 weight initializers of every MatMulIntegerToFloat, also inside Loop bodies."""
+    import onnx
+    from onnx import numpy_helper
+
+    found = []
+
+    def walk(graph):
+        inits = {i.name: i for i in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "MatMulIntegerToFloat":
+                found.append(numpy_helper.to_array(inits[node.input[1]]))
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+
+    walk(onnx.load_from_string(onnx_bytes).graph)
+    return found
+
+
+@pytest.mark.parametrize("overrides", [dict(), DEFAULT_LIKE], ids=["seed-like", "default-like"])
+@pytest.mark.parametrize("form", FORMS)
+def test_int8_sums_cannot_saturate_on_any_cpu(overrides, form):
+    """Kernels without VNNI add adjacent u8 x s8 product pairs in int16: with inputs up to 255,
+    every pair of weights along the reduced axis must stay within 32,767 / 255."""
+    weights = _int8_weights(build_fast_onnx(tiny(seed=5, maxlen=7, **overrides), form=form, precision="int8"))
+    assert weights and all(w.dtype == np.int8 for w in weights)
+    for w in weights:
+        k = np.abs(w.astype(np.int32))
+        if len(k) % 2:  # an odd reduced axis: the last row is paired with padding
+            k = np.vstack([k, np.zeros_like(k[:1])])
+        assert 255 * int((k[0::2] + k[1::2]).max()) <= np.iinfo(np.int16).max
+
+
+@pytest.mark.parametrize("overrides", [dict(), DEFAULT_LIKE], ids=["seed-like", "default-like"])
+@pytest.mark.parametrize("form", FORMS)
+def test_int8_graph_equals_a_numpy_integer_reference(overrides, form):
+    """ONNX Runtime, with whatever kernels this CPU gets, against exact integer sums of the
+    same graph (ONNX's NumPy reference evaluator): equal within float32 rounding."""
+    model = tiny(seed=5, maxlen=7, **overrides)
+    x = inputs(7)
+    data = build_fast_onnx(model, form=form, precision="int8")
+    np.testing.assert_allclose(Int8LstmPredictor(data, batch_size=16).predict(x), reference_predict(data, x),
+                               rtol=0, atol=1e-6)
+
+
+def test_int8_scores_on_an_emulated_cpu_without_vnni_equal_the_reference(tmp_path, monkeypatch):
+    """The same graph, scored under QEMU emulating an AVX2-only CPU (ONNX Runtime's int16-pair
+    kernels), equals the integer reference; a full-range graph (the scheme before) does not -
+    which shows the emulated run does take the saturating kernels."""
+    if emulator() is None:
+        if os.environ.get("CI"):
+            pytest.fail("qemu-x86_64 is missing: .ci/run installs qemu-user for this test")
+        pytest.skip("qemu-x86_64 (Debian's qemu-user) is not installed")
+    import models.fast_lstm as fast_lstm
+
+    model = tiny(seed=5, maxlen=7, **DEFAULT_LIKE)
+    x = inputs(7)
+    data = build_fast_onnx(model, precision="int8")
+    np.testing.assert_allclose(emulated_predict(data, x, tmp_path), reference_predict(data, x), rtol=0, atol=1e-6)
+
+    monkeypatch.setattr(fast_lstm, "INT8_WEIGHT_MAX", 127)
+    full_range = build_fast_onnx(model, precision="int8")
+    saturated = np.abs(emulated_predict(full_range, x, tmp_path) - reference_predict(full_range, x)).max()
+    assert saturated > 1e-3, f"{EMULATED_CPU}: a full-range int8 graph should saturate, max |delta| {saturated}"
 
 
 @pytest.mark.parametrize("overrides", [dict(), DEFAULT_LIKE], ids=["seed-like", "default-like"])
@@ -152,6 +223,22 @@ def test_registry_serves_int8_only_when_approved_and_checks_it(int8_registry):
     assert reg.load_predictor(int8_registry["with"]).kind == "fast", "auto stays exact"
     with pytest.raises(RegistryError, match="no approved int8 predictor .*points below"):
         reg.load_predictor(int8_registry["without"], kind="int8")
+
+
+def test_versions_with_a_full_range_int8_graph_are_refused_for_int8(tmp_path):
+    """Graphs registered before scheme 2 give CPU-dependent scores: never served, with a reason."""
+    model = tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
+    x, y = _labelled(model)
+    probe = probe_batch(VOCAB, 7, n=48, seed=2)
+    files, record = int8_export(model, x, y, 1.0, probe, max_drop=1.0)
+    assert record["scheme"] == INT8_SCHEME
+    old = {k: v for k, v in record.items() if k != "scheme"}  # what earlier registrations wrote
+    reg = ModelRegistry(str(tmp_path))
+    version = reg.register(model, tiny_config().preprocessing(vocab_size=VOCAB), None, {"int8": old}, probe,
+                           extra_files=files)
+    with pytest.raises(RegistryError, match=f"refused for predictor=int8: .*no recorded int8 scheme.*VNNI.*auto"):
+        reg.load_predictor(version, kind="int8")
+    assert reg.load_predictor(version).kind == "fast", "the exact predictors still serve it"
 
 
 def test_int8_probe_scores_that_do_not_reproduce_are_refused(tmp_path):
