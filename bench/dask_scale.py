@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(workdir, exist_ok=True)
     machine = score_bench.machine_info()
     log = score_bench.log
-    log(f"{machine['nproc']} CPU(s) ({machine['cpu']}), load average {machine['load_average_at_start']}; "
+    log(f"{machine['nproc']} CPU(s) ({score_bench.bench_machine.cpu_summary()}), load average {machine['load_average_at_start']}; "
         f"workdir {workdir}")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}

@@ -55,6 +55,8 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import machine as bench_machine  # noqa: E402  (bench/machine.py)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 IMDB_VOCAB = 88079
@@ -340,12 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     load_before = os.getloadavg()
-    print(f"# {platform.platform()}, {os.cpu_count()} CPUs, load average {load_before[0]:.1f}; "
+    print(f"# {bench_machine.cpu_summary()}, {platform.platform()}, {os.cpu_count()} CPUs, load average {load_before[0]:.1f}; "
           f"numpy {np.__version__}, keras {keras.__version__}, onnxruntime {ort.__version__}; "
           f"threads {args.threads or 'default'}, batch {args.batch_size}, {args.repeat} rounds", flush=True)
     reviews = load_reviews(args.data)
-    results: dict[str, Any] = {"maxlen": {}, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                                          "load_average_start": load_before[0]},
+    results: dict[str, Any] = {"maxlen": {}, "machine": bench_machine.machine_info(),
                                "settings": {k: v for k, v in vars(args).items() if k != "json"}}
     for maxlen in args.maxlen:
         results["maxlen"][maxlen] = bench_maxlen(maxlen, args, reviews)

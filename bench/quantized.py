@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -35,6 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+import machine as bench_machine  # noqa: E402  (bench/machine.py)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -120,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         print(json.dumps(r), flush=True)
     out = {"created_at": datetime.now(timezone.utc).isoformat(),
-           "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                       "loadavg": os.getloadavg()},
+           "machine": {**bench_machine.machine_info(), "load_average_at_end": list(os.getloadavg())},
            "results": results}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -48,7 +48,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -56,13 +55,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+import machine as bench_machine  # noqa: E402  (bench/machine.py)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -116,35 +116,14 @@ def children_cpu_s() -> float:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        mem_gb = round(psutil.virtual_memory().total / 2**30, 1)
-        load = [round(x, 2) for x in psutil.getloadavg()]
-    except Exception:  # noqa: BLE001 - informational only
-        mem_gb, load = None, None
-    from models.registry import library_versions
-
-    libs = library_versions()
+    info = bench_machine.machine_info()
     try:
         from importlib.metadata import version
 
-        libs["pandas"] = version("pandas")
+        info["libraries"]["pandas"] = version("pandas")
     except Exception:  # noqa: BLE001
         pass
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "cpu": cpu, "memory_gb": mem_gb, "load_average_at_start": load,
-            "python": platform.python_version(), "libraries": libs}
+    return info
 
 
 def log(msg: str) -> None:
@@ -524,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="bench-score-"))
     os.makedirs(workdir, exist_ok=True)
     machine = machine_info()
-    log(f"{machine['nproc']} CPU(s) ({machine['cpu']}), load average {machine['load_average_at_start']}; "
+    log(f"{machine['nproc']} CPU(s) ({bench_machine.cpu_summary()}), load average {machine['load_average_at_start']}; "
         f"workdir {workdir}")
 
     # One Prefect home for the children of this run: its own SQLite database, not shared with other
