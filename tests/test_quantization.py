@@ -236,7 +236,7 @@ def test_versions_with_a_full_range_int8_graph_are_refused_for_int8(tmp_path):
     reg = ModelRegistry(str(tmp_path))
     version = reg.register(model, tiny_config().preprocessing(vocab_size=VOCAB), None, {"int8": old}, probe,
                            extra_files=files)
-    with pytest.raises(RegistryError, match=f"refused for predictor=int8: .*no recorded int8 scheme.*VNNI.*auto"):
+    with pytest.raises(RegistryError, match="refused for predictor=int8: .*no recorded int8 scheme.*VNNI.*auto"):
         reg.load_predictor(version, kind="int8")
     assert reg.load_predictor(version).kind == "fast", "the exact predictors still serve it"
 
