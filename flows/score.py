@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import uuid
@@ -78,6 +79,8 @@ def score_reviews(
     overwrite: bool = False,
     predictor: Literal["auto", "fast", "onnx", "keras", "int8"] = "auto",
     dask_address: str | None = None,
+    allow_failed_files: bool = False,
+    on_duplicate_id: Literal["keep", "reject"] = "keep",
 ) -> dict[str, Any]:
     started_at = datetime.now(timezone.utc).isoformat()
     start = time.perf_counter()
@@ -97,13 +100,15 @@ def score_reviews(
         tokens_column=tokens_column,
         text_column=text_column,
         vocabulary=_load_vocabulary(registry_uri, chosen["version"]) if text_column else None,
+        on_duplicate_id=on_duplicate_id,
     )
-    layout = f"{input}|{max_rows_per_unit}|{id_column}|{tokens_column}|{text_column}|{threshold}"
+    layout = f"{input}|{max_rows_per_unit}|{id_column}|{tokens_column}|{text_column}|{threshold}|{on_duplicate_id}"
     claim = claim_output(output, chosen["version"], _run_id(), layout)
     with ClaimHeartbeat(output, claim):
         if overwrite:
             clear_output(output)
         plan = plan_scoring(input, output, spec, max_rows_per_unit, overwrite)
+        spec = dataclasses.replace(spec, output_id_type=plan["id_type"])
         bar = progress.bar(plan["rows"])
         runner = unit_runner(dask_address or os.environ.get("REVIEWS_DASK_ADDRESS"))
         # No tags on the units: Prefect asks the API for tag concurrency slots for every tagged
@@ -113,13 +118,15 @@ def score_reviews(
             futures = runner.map(score_unit, parameters={
                 "unit": plan["units"], "output_uri": unmapped(output), "spec": unmapped(spec),
                 "registry_uri": unmapped(registry_uri), "batch_size": unmapped(batch_size),
-                "predictor_kind": unmapped(predictor)})
+                "predictor_kind": unmapped(predictor),
+                "duplicates": [plan["duplicates"].get(u["unit_id"]) for u in plan["units"]]})
             results = [f.result() for f in futures]
             units_seconds = time.perf_counter() - units_start
         manifest = finalize(output, plan, results, chosen, parameters, started_at, time.perf_counter() - start,
-                            max_reject_fraction, units_seconds)
+                            max_reject_fraction, units_seconds, allow_failed_files)
     t = manifest["totals"]
     return {"rows_in": t["rows_in"], "rows_scored": t["rows_scored"], "rows_rejected": t["rows_rejected"],
-            "files": t["files"], "files_failed": t["files_failed"], "model_version": chosen["version"],
+            "files": t["files"], "files_failed": t["files_failed"], "duplicate_ids": t["duplicate_ids"],
+            "model_version": chosen["version"],
             "seconds": manifest["timings"]["seconds"], "output": manifest["output"]}
 

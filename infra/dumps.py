@@ -61,6 +61,7 @@ class FilePlan:
     row_groups: int = 0
     units: list[Unit] = field(default_factory=list)
     error: str | None = None
+    schema: pa.Schema | None = None  # the file's Arrow schema, when its footer is readable
 
 
 def _has_glob(text: str) -> bool:
@@ -118,13 +119,20 @@ def plan_file(fs: pafs.FileSystem, f: InputFile, max_rows_per_unit: int,
     plan = FilePlan(file=f)
     try:
         pf = open_parquet(fs, f.path)
-        if check_schema is not None:
-            check_schema(pf.schema_arrow)
+        meta, schema = pf.metadata, pf.schema_arrow
     except (OSError, pa.ArrowException, ValueError) as exc:
+        if storage.is_transient(exc):
+            raise  # a throttled footer read is not a bad file: let the task retry
         plan.error = f"{f.uri}: {_one_line(exc)}"
         return plan
-    meta = pf.metadata
-    plan.rows, plan.row_groups = meta.num_rows, meta.num_row_groups
+    # Known even when the schema does not fit, so that a failed file's rows are still counted.
+    plan.rows, plan.row_groups, plan.schema = meta.num_rows, meta.num_row_groups, schema
+    if check_schema is not None:
+        try:
+            check_schema(schema)
+        except (pa.ArrowException, ValueError) as exc:
+            plan.error = f"{f.uri}: {_one_line(exc)}"
+            return plan
     group: list[int] = []
     group_rows = first = row = 0
     for rg in range(meta.num_row_groups):
@@ -145,6 +153,11 @@ def plan_file(fs: pafs.FileSystem, f: InputFile, max_rows_per_unit: int,
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def read_unit_column(fs: pafs.FileSystem, unit: Unit, column: str) -> pa.ChunkedArray:
+    """One column of a unit's row groups (e.g. the ids, for a pass over the whole dump)."""
+    return open_parquet(fs, unit.path).read_row_groups(unit.row_groups, columns=[column]).column(0)
 
 
 def iter_unit_batches(pf: pq.ParquetFile, unit: Unit, columns: list[str],

@@ -30,7 +30,20 @@ import pyarrow.fs as pafs
 
 
 class StorageError(RuntimeError):
-    """A storage location could not be reached or used; the message says which and why."""
+    """A storage location could not be reached or used; the message says which and why.
+
+    When the store itself refused (credentials, a missing bucket, an unreachable endpoint),
+    ``uri`` is the location the request addressed and ``reason`` the short why, the same for
+    every object under the URI the user gave: the CLI names that URI rather than an internal
+    key such as ``out/_claims/<uuid>.json``.
+    """
+
+    def __init__(self, message: str, uri: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.uri, self.reason = uri, reason
+
+    def __reduce__(self):  # uri and reason survive Prefect results and Dask workers
+        return type(self), (self.args[0] if self.args else "", self.uri, self.reason)
 
 
 @dataclass(frozen=True)
@@ -179,15 +192,20 @@ def describe_error(loc: Location, exc: BaseException) -> StorageError:
     low = msg.lower()
     # Arrow spells S3 error codes ACCESS_DENIED / NO_SUCH_BUCKET, boto AccessDenied: match without separators.
     flat = "".join(ch for ch in low if ch.isalnum())
+    code = next(iter(_AWS_CODE.findall(msg)), None)
+    reason = None
     if any(k in flat for k in ("accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden")) or "403" in low:
         hint = " (check the S3 access key and secret in the environment / AWS config / Prefect block)"
+        reason = f"the S3 server refused the credentials ({code or 'access denied'}): {hint.strip(' ()')}"
     elif "nosuchbucket" in flat or "bucketdoesnotexist" in flat:
         hint = " (the bucket does not exist; create it first)"
+        reason = f"bucket {loc.path.split('/', 1)[0]!r} does not exist (create it first, or fix the URI)"
     elif "connect" in low or "curl" in low:
         hint = " (is the S3 endpoint reachable? set AWS_ENDPOINT_URL_S3)"
+        reason = f"cannot reach the S3 endpoint ({code or msg}): {hint.strip(' ()')}"
     else:
         hint = ""
-    return StorageError(f"{loc.uri}: {msg}{hint}")
+    return StorageError(f"{loc.uri}: {msg}{hint}", uri=loc.uri, reason=reason)
 
 
 def _require_bucket(loc: Location) -> None:
@@ -200,7 +218,8 @@ def _require_bucket(loc: Location) -> None:
     except (OSError, pa.ArrowException):
         return  # e.g. keys allowed on objects but not on HeadBucket: keep the caller's answer
     if missing:
-        raise StorageError(f"{loc.uri}: bucket {bucket!r} does not exist (create it first, or fix the URI)")
+        reason = f"bucket {bucket!r} does not exist (create it first, or fix the URI)"
+        raise StorageError(f"{loc.uri}: {reason}", uri=loc.uri, reason=reason)
 
 
 def exists(loc: Location) -> bool:
@@ -300,12 +319,32 @@ def list_dirs(loc: Location) -> list[str]:
 
 
 def delete_file(loc: Location) -> None:
+    """Remove one file (gone already is fine).
+
+    On S3 exactly that object is deleted: pyarrow's ``delete_file`` also writes an empty
+    "directory" marker object for the parent (``out/_claims/``) that then stays forever.
+    """
+    from infra import s3_exact_delete
+
+    client = s3_exact_delete.client_for(loc.fs) if isinstance(loc.fs, pafs.S3FileSystem) else None
     try:
-        loc.fs.delete_file(loc.path)
+        if client is not None:
+            s3_exact_delete.delete_object(client, loc.path)
+        else:
+            loc.fs.delete_file(loc.path)
     except FileNotFoundError:
         pass
     except (OSError, pa.ArrowException) as exc:
         raise describe_error(loc, exc) from exc
+
+
+def remove_empty_dir(loc: Location) -> None:
+    """Remove a local directory if it is empty; an S3 prefix with no objects does not exist anyway."""
+    if loc.is_local:
+        try:
+            os.rmdir(loc.path)
+        except OSError:  # not empty (e.g. another run's claim) or gone already
+            pass
 
 
 def download(loc: Location, local_path: str) -> None:

@@ -12,7 +12,8 @@ Layout under the registry root::
                                             only when its test-accuracy cost was within bound
                                             (models.quantization; "int8" in metadata.json says why not)
                       /metadata.json        written LAST: the commit marker, with file checksums
-    champion.json                           the production version (atomic single write)
+    champion.json                           the production version and the earlier champions (``history``,
+                                            what rollbacks walk back through); one atomic write
     audit/<timestamp>-<action>.json         every champion change and gate decision
 
 A version folder without ``metadata.json`` is an unfinished registration and is
@@ -324,24 +325,55 @@ class ModelRegistry:
         return predictor
 
     # ---- champion ------------------------------------------------------------
+    def _champion_record(self) -> dict[str, Any] | None:
+        loc = self.root.join("champion.json")
+        return storage.read_json(loc) if storage.exists(loc) else None
+
+    @staticmethod
+    def _history(record: dict[str, Any] | None) -> list[str]:
+        """Earlier champions, oldest first. Registries from before ``history`` know one: ``previous``."""
+        if record is None:
+            return []
+        if "history" in record:
+            return list(record["history"])
+        return [record["previous"]] if record.get("previous") else []
+
+    def champion_history(self) -> list[str]:
+        """The champions before the current one, oldest first: what rollbacks walk back through."""
+        return self._history(self._champion_record())
+
     def promote(self, version: str, reason: str, actor: str = "user", decision: dict | None = None) -> None:
         self.metadata(version)  # must exist and be committed
-        previous = self.champion()
-        record = {"version": version, "previous": previous, "reason": reason, "actor": actor,
-                  "updated_at": _now()}
+        current = self._champion_record()
+        history = self._history(current)
+        previous = current["version"] if current else None
+        if previous is not None and previous != version:  # re-promoting the champion adds no step back
+            history.append(previous)
+        record = {"version": version, "previous": history[-1] if history else None, "history": history,
+                  "reason": reason, "actor": actor, "updated_at": _now()}
         self.audit("promote", {**record, **({"decision": decision} if decision else {})})
         storage.write_json(self.root.join("champion.json"), record)
 
     def rollback(self, reason: str = "rollback", actor: str = "user") -> str:
-        """Make the champion before the current one champion again."""
-        loc = self.root.join("champion.json")
-        if not storage.exists(loc):
+        """Make the champion before the current one champion again; each rollback goes one further back.
+
+        The earlier champions are a stack in ``champion.json`` (``history``): a rollback pops it,
+        a promote pushes onto it, so two rollbacks never toggle between two versions.
+        """
+        current = self._champion_record()
+        if current is None:
             raise RegistryError(f"{self.root.uri}: no champion to roll back from")
-        previous = storage.read_json(loc).get("previous")
-        if not previous:
-            raise RegistryError(f"{self.root.uri}: the champion has no predecessor to roll back to")
-        self.promote(previous, reason=reason, actor=actor)
-        return previous
+        history = self._history(current)
+        if not history:
+            raise RegistryError(f"{self.root.uri}: champion {current['version']} is the first on record; "
+                                "there is no earlier champion to roll back to")
+        target = history.pop()
+        self.metadata(target)  # must still exist and be committed
+        record = {"version": target, "previous": history[-1] if history else None, "history": history,
+                  "rolled_back_from": current["version"], "reason": reason, "actor": actor, "updated_at": _now()}
+        self.audit("rollback", record)
+        storage.write_json(self.root.join("champion.json"), record)
+        return target
 
     def audit(self, action: str, record: dict[str, Any]) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")

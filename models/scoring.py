@@ -33,6 +33,8 @@ class ScoringSpec:
     tokens_column: str = "tokens"
     text_column: str | None = None  # score raw text with the model's vocabulary instead of tokens
     vocabulary: Any = None  # models.text.Vocabulary, needed only for text input
+    on_duplicate_id: str = "keep"  # keep | reject: later occurrences (in plan order) go to _rejected/
+    output_id_type: Any = None  # pa.DataType of every part's ids, unified over the inputs at planning
 
     @property
     def input_column(self) -> str:
@@ -213,9 +215,18 @@ def _version_array(version: str, n: int) -> pa.DictionaryArray:
 
 
 def score_batch(batch: pa.RecordBatch, spec: ScoringSpec, predictor: Predictor, source: str = "",
-                first_row: int = 0) -> BatchResult:
-    """Score one record batch.  ``first_row`` is the batch's row number within ``source``."""
+                first_row: int = 0, extra_rejects: dict[int, str] | None = None) -> BatchResult:
+    """Score one record batch.  ``first_row`` is the batch's row number within ``source``;
+    ``extra_rejects`` (position in the batch -> reason) rejects rows that are valid on their own
+    (duplicate ids); a row's own fault, if it has one, is the reason it is rejected with."""
     tokens, codes = validate(batch, spec)
+    labels = reason_labels(spec.vocab_size)
+    if extra_rejects:
+        codes = codes.astype(np.int32)
+        for pos, why in extra_rejects.items():
+            if codes[pos] == OK:
+                codes[pos] = len(labels)
+                labels.append(why)
     ids = batch.column(spec.id_column)
     ok = codes == OK
     ok_mask = pa.array(ok)
@@ -237,7 +248,7 @@ def score_batch(batch: pa.RecordBatch, spec: ScoringSpec, predictor: Predictor, 
         [pc.filter(ids, pa.array(bad)), pa.repeat(pa.scalar(source, pa.string()), n_bad),
          pa.array(rows, pa.int64()),
          pa.DictionaryArray.from_arrays(pa.array(codes[bad].astype(np.int32)),
-                                        pa.array(reason_labels(spec.vocab_size))).cast(pa.string()),
+                                        pa.array(labels, pa.string())).cast(pa.string()),
          _version_array(spec.model_version, n_bad)],
         schema=rejected_schema(ids.type),
     )

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from infra import dumps, progress, storage
+from models import output_accounting as accounting
 from models.predictors import rows_per_batch
 from models.registry import ModelRegistry, cached_predictor
 from models.scoring import (
@@ -71,6 +72,14 @@ def plan_scoring(input_uri: str, output_uri: str, spec: ScoringSpec, max_rows_pe
     for p in plans:
         if p.error:
             logger().error("cannot score %s", p.error)
+    readable = [p for p in plans if not p.error]
+    try:
+        id_type = accounting.unify_id_types([(p.file.uri, p.schema.field(spec.id_column).type) for p in readable],
+                                            spec.id_column)
+    except ValueError as exc:
+        raise ScoringError(str(exc)) from exc
+    duplicates = accounting.duplicates_in_plan(fs, readable, spec.id_column, id_type) \
+        if spec.on_duplicate_id == "reject" else {}
     units = [u for p in plans for u in p.units]
     out = storage.resolve(output_uri)
     wanted = {part_name(u.unit_id) for u in units}
@@ -87,6 +96,8 @@ def plan_scoring(input_uri: str, output_uri: str, spec: ScoringSpec, max_rows_pe
                    "units": [u.unit_id for u in p.units], "error": p.error} for p in plans],
         "units": [u.to_dict() for u in units],
         "rows": sum(p.rows for p in plans if not p.error),
+        "id_type": id_type,
+        "duplicates": duplicates,
     }
 
 
@@ -110,7 +121,16 @@ def _claim_is_live(claim: dict[str, Any], now: datetime, ttl_seconds: float) -> 
 
 def _write_claim(out: storage.Location, name: str, claim: dict[str, Any]) -> None:
     claim["heartbeat_at"] = datetime.now(timezone.utc).isoformat()
-    storage.write_json(out.join("_claims", name), claim)
+    try:
+        storage.write_json(out.join("_claims", name), claim)
+    except FileNotFoundError:  # on disk: another run removed the emptied _claims/ just now
+        storage.write_json(out.join("_claims", name), claim)
+
+
+def _release_claim(out: storage.Location, name: str) -> None:
+    """Delete a claim; on disk also ``_claims/`` once empty, so a finished output holds no marker."""
+    storage.delete_file(out.join("_claims", name))
+    storage.remove_empty_dir(out.join("_claims"))
 
 
 @task(name="claim-output", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
@@ -138,9 +158,14 @@ def claim_output(output_uri: str, model_version: str, run_id: str, layout: str =
         except FileNotFoundError:  # released while we listed
             continue
         if not _claim_is_live(other, now, ttl_seconds):
+            # A dead run (killed, or silent past the TTL) never releases its claim: nobody else would.
+            try:
+                storage.delete_file(storage.Location(out.fs, info.path, info.path))
+            except storage.StorageError as exc:  # harmless: it stays dead and is tried again next run
+                logger().warning("could not remove the dead run's claim %s: %s", info.path, exc)
             continue
         if (other["model_version"], other.get("layout", "")) != (model_version, layout):
-            storage.delete_file(out.join("_claims", name))
+            _release_claim(out, name)
             what = ("model " + other["model_version"]) if other["model_version"] != model_version \
                 else "another unit layout"
             raise ScoringError(f"{out.uri} is being written by another run ({what}, run {other['run_id']}); "
@@ -158,9 +183,13 @@ class ClaimHeartbeat:
 
     def _beat(self) -> None:
         loc = self.out.join("_claims", self.name)
+        claim = None
         while not self._stop.wait(self.interval):
             try:
-                _write_claim(self.out, self.name, storage.read_json(loc))
+                # Kept in memory after the first read: a claim another run wrongly took for dead
+                # (a beat late past the TTL) and deleted comes back with the next beat.
+                claim = claim or storage.read_json(loc)
+                _write_claim(self.out, self.name, claim)
             except Exception as exc:  # noqa: BLE001 - a missed beat only shortens the claim's life
                 logger().warning("could not refresh the output claim %s: %s", loc.uri, exc)
 
@@ -172,7 +201,7 @@ class ClaimHeartbeat:
         self._stop.set()
         self._thread.join(timeout=5)
         try:
-            storage.delete_file(self.out.join("_claims", self.name))
+            _release_claim(self.out, self.name)
         except Exception as err:  # noqa: BLE001 - never mask the error that ended the run
             logger().warning("could not release the output claim %s: %s", self.name, err)
         return False
@@ -216,8 +245,12 @@ def record_batch_rows(batch_size: int, maxlen: int) -> int:
 
 @task(name="score-unit", task_run_name="score-unit-{unit[unit_id]}", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def score_unit(unit: dict[str, Any], output_uri: str, spec: ScoringSpec, registry_uri: str,
-               batch_size: int = 8192, predictor_kind: str = "auto") -> dict[str, Any]:
-    """Score one file x row-group range; publish its part atomically; return counts only."""
+               batch_size: int = 8192, predictor_kind: str = "auto",
+               duplicates: dict[int, str] | None = None) -> dict[str, Any]:
+    """Score one file x row-group range; publish its part atomically; return counts only.
+
+    ``duplicates``: this unit's rows (file row -> reason) to reject as later occurrences of an id.
+    """
     start = time.perf_counter()
     u = dumps.Unit(**unit)
     out = storage.resolve(output_uri)
@@ -228,6 +261,13 @@ def score_unit(unit: dict[str, Any], output_uri: str, spec: ScoringSpec, registr
             raise ScoringError(
                 f"{part.uri} was scored by model {done.get('model_version')}, this run uses "
                 f"{spec.model_version}; use overwrite=true or another output")
+        if done.get("on_duplicate_id", "keep") != spec.on_duplicate_id:
+            raise ScoringError(f"{part.uri} was scored with on_duplicate_id={done.get('on_duplicate_id', 'keep')}, "
+                               f"this run uses {spec.on_duplicate_id}; use overwrite=true or another output")
+        if spec.output_id_type is not None and done.get("id_type") not in (None, str(spec.output_id_type)):
+            # e.g. files with wider ids were added to the input since: reusing the part would mix types
+            raise ScoringError(f"{part.uri} has {done['id_type']} ids, this run's inputs need "
+                               f"{spec.output_id_type}; use overwrite=true or another output")
         progress.advance(done["rows_in"])
         return _unit_result(u, done, skipped=True, seconds=time.perf_counter() - start)
 
@@ -235,22 +275,26 @@ def score_unit(unit: dict[str, Any], output_uri: str, spec: ScoringSpec, registr
     predictor = cached_predictor(registry_uri, spec.model_version, predictor_kind)
     model_seconds = time.perf_counter() - t
     fs = storage.resolve(u.file_uri).fs
-    base = {"model_version": spec.model_version, "unit_id": u.unit_id, "source": u.file_uri}
+    base = {"model_version": spec.model_version, "unit_id": u.unit_id, "source": u.file_uri,
+            "on_duplicate_id": spec.on_duplicate_id,
+            "id_type": str(spec.output_id_type) if spec.output_id_type is not None else None}
+    rejects = accounting.RowRejects(duplicates)
 
     def writers(id_type: pa.DataType) -> tuple[dumps.PartWriter, dumps.PartWriter]:
         return (dumps.PartWriter(part, output_schema(id_type), base),
                 dumps.PartWriter(out.join("_rejected", part_name(u.unit_id)), rejected_schema(id_type), base))
 
     error = None
-    id_type = pa.string()
+    id_type = spec.output_id_type or pa.string()
     try:
         pf = dumps.open_parquet(fs, u.path)
-        # Parts keep the input's id type even when a unit yields no rows.
-        id_type = pf.schema_arrow.field(spec.id_column).type
+        # Every part has the run's one id type (unified at planning), even when a unit yields no rows.
+        id_type = spec.output_id_type or pf.schema_arrow.field(spec.id_column).type
         scored, rejected = writers(id_type)
         rows = record_batch_rows(batch_size, spec.preprocessing.maxlen)
         for first_row, batch in dumps.iter_unit_batches(pf, u, [spec.id_column, spec.input_column], rows):
-            result: BatchResult = score_batch(batch, spec, predictor, source=u.file_uri, first_row=first_row)
+            result: BatchResult = score_batch(batch, spec, predictor, source=u.file_uri, first_row=first_row,
+                                              extra_rejects=rejects.for_batch(first_row, batch.num_rows))
             scored.write(result.scored)
             rejected.write(result.rejected)
             progress.advance(batch.num_rows)
@@ -279,6 +323,8 @@ def _histogram(output_uri: str, bins: int = 10) -> list[int]:
     out = storage.resolve(output_uri)
     counts = np.zeros(bins, dtype=np.int64)
     dataset = ds.dataset(out.path, filesystem=out.fs, format="parquet")
+    if dataset.schema.get_field_index("score") < 0:  # no parts: every input file failed
+        return counts.tolist()
     for batch in dataset.to_batches(columns=["score"]):
         s = batch.column(0).to_numpy(zero_copy_only=False)
         counts += np.histogram(s, bins=bins, range=(0.0, 1.0))[0]
@@ -288,22 +334,16 @@ def _histogram(output_uri: str, bins: int = 10) -> list[int]:
 @task(name="finalize-scoring", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def finalize(output_uri: str, plan: dict[str, Any], results: list[dict[str, Any]], model: dict[str, Any],
              parameters: dict[str, Any], started_at: str, seconds: float,
-             max_reject_fraction: float, units_seconds: float | None = None) -> dict[str, Any]:
-    """Write ``_manifest.json`` and ``_SUCCESS``; publish artifacts; enforce the reject limit."""
+             max_reject_fraction: float, units_seconds: float | None = None,
+             allow_failed_files: bool = False) -> dict[str, Any]:
+    """Write ``_manifest.json`` and ``_SUCCESS``; publish artifacts; enforce the reject limit.
+
+    ``_SUCCESS`` means every input row is accounted for: files or units that could not be read
+    fail the run unless ``allow_failed_files``, and then their rows count as rejected.
+    """
     out = storage.resolve(output_uri)
-    by_file: dict[str, dict[str, int]] = {}
-    for r in results:
-        f = by_file.setdefault(r["file"], {"rows_in": 0, "rows_scored": 0, "rows_rejected": 0})
-        for k in f:
-            f[k] += r[k]
-    files = []
-    for f in plan["files"]:
-        counts = by_file.get(f["uri"], {"rows_in": f["rows"] if not f["error"] else 0, "rows_scored": 0,
-                                        "rows_rejected": 0})
-        unit_errors = [r["error"] for r in results if r["file"] == f["uri"] and r["error"]]
-        files.append({**f, **counts, "error": f["error"] or ("; ".join(unit_errors) or None)})
-    totals = {k: sum(f[k] for f in files) for k in ("rows_in", "rows_scored", "rows_rejected")}
-    failed = [f for f in files if f["error"]]
+    files = accounting.account_files(plan["files"], results)
+    totals = accounting.totals(files, results)
     hist = _histogram(output_uri)
     manifest = {
         "model": {"version": model["version"], "registry": model["registry"], "preset": model["preset"]},
@@ -312,8 +352,8 @@ def finalize(output_uri: str, plan: dict[str, Any], results: list[dict[str, Any]
         "parameters": parameters,
         "inputs": files,
         "units": results,
-        "totals": {**totals, "files": len(files), "files_failed": len(failed), "units": len(results),
-                   "units_skipped": sum(r["skipped"] for r in results)},
+        "id_type": str(plan["id_type"]) if plan.get("id_type") is not None else None,
+        "totals": {**totals, "duplicate_ids": accounting.output_duplicate_ids(out)},
         "score_histogram": {"bins": [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)], "counts": hist},
         "timings": {"started_at": started_at, "finished_at": datetime.now(timezone.utc).isoformat(),
                     "seconds": round(seconds, 3),
@@ -331,6 +371,9 @@ def finalize(output_uri: str, plan: dict[str, Any], results: list[dict[str, Any]
     if stray:
         raise ScoringError(f"{out.uri} holds {len(stray)} part(s) this run did not plan (e.g. {stray[0]}): another "
                            "run wrote into it; not marking it complete")
+    failed = accounting.failed_input_message(files, out.uri)
+    if failed and not allow_failed_files:
+        raise ScoringError(failed)
     fraction = totals["rows_rejected"] / totals["rows_in"] if totals["rows_in"] else 0.0
     if fraction > max_reject_fraction:
         raise ScoringError(f"{fraction:.1%} of rows were rejected (limit {max_reject_fraction:.1%}); "

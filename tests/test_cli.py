@@ -1,9 +1,13 @@
-"""The `reviews` CLI: scoring summary line, models list/promote/rollback, progress line."""
+"""The `reviews` CLI: scoring summary line, one-line errors, help texts, models list/promote/rollback,
+progress line."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import re
+import secrets
 
 from infra.progress import ProgressBar
 from tests.test_retrain_flow import run_cli
@@ -23,9 +27,14 @@ def test_score_cli_prints_one_json_summary(tmp_path, registry, prefect_api):  # 
 def test_score_cli_error_is_one_clear_line(tmp_path, registry, prefect_api):  # noqa: F811
     code, _, err = run_cli("score", str(tmp_path / "nothing-here"), str(tmp_path / "out"),
                            "--registry", registry["uri"])
-    # Prefect logs the failed run (with its traceback); the command ends on one clear line.
+    # Prefect logs the failed run on the console, its traceback only in the run's logs (or with
+    # --debug); the command ends on one clear line.
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("reviews: error: ") and "nothing-here: no such file or directory" in last
+    assert "Traceback" not in err, err
+    code, _, err = run_cli("--debug", "score", str(tmp_path / "nothing-here"), str(tmp_path / "out"),
+                           "--registry", registry["uri"])
+    assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1] == last
 
 
 def test_models_list_promote_rollback(tmp_path, registry):  # noqa: F811
@@ -58,3 +67,84 @@ def test_progress_line_shows_rows_rate_and_eta():
         bar.advance(750)
     text = stream.getvalue()
     assert "1,000/1,000 rows" in text and "rows/s" in text and "ETA" in text
+
+
+def test_wrong_s3_secret_is_one_line_naming_the_given_uri(tmp_path, registry, s3_bucket, s3_env,  # noqa: F811
+                                                          s3_server, prefect_api):
+    _make_dump(str(tmp_path / "in"), n=60, files_rows=60, rg=30)
+    wrong = "WRONG" + secrets.token_hex(12).upper()
+    s3_env(AWS_SECRET_ACCESS_KEY=wrong)
+    cases = [
+        # The first S3 write of a run is its claim, s3://.../out/_claims/<uuid>.json: the user gave .../out.
+        (f"{s3_bucket}/out", ["score", str(tmp_path / "in"), f"{s3_bucket}/out", "--registry", registry["uri"]]),
+        (f"{s3_bucket}/models", ["models", "list", "--registry", f"{s3_bucket}/models"]),
+        # Checked before the data loads and minutes of training, not at registration.
+        (f"{s3_bucket}/models", ["train", "--registry", f"{s3_bucket}/models", "--data", str(tmp_path / "no.tgz")]),
+    ]
+    for uri, argv in cases:
+        code, _, err = run_cli(*argv)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, (argv, err)
+        assert lines[0].startswith(f"reviews: error: {uri}: the S3 server refused the credentials"), (argv, err)
+        assert "access key and secret" in err and "_claims" not in err and "Traceback" not in err, (argv, err)
+        assert wrong not in err and s3_server.secret_key not in err
+
+
+def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subcommands(sub, path + (name,))
+
+
+def _help_of(lines: list[str], option: str) -> str:
+    """The help text argparse rendered for ``option`` (without the option and its metavar)."""
+    start = next(i for i, line in enumerate(lines) if re.match(rf"\s+{re.escape(option)}(\s|,|$)", line))
+    # The invocation and its help are two or more spaces apart, or the help starts on the next line.
+    parts = re.split(r"\s{2,}", lines[start].strip(), maxsplit=1)
+    text = parts[1:]
+    for line in lines[start + 1:]:
+        if not line.strip() or line.lstrip().startswith("-") or len(line) - len(line.lstrip()) <= 2:
+            break
+        text.append(line.strip())
+    return " ".join(text)
+
+
+def test_every_option_has_help_that_shows_its_default(monkeypatch):
+    from flows.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "300")  # no wrapping: argparse breaks long defaults (paths) at hyphens
+    rendered = {}
+    for path, parser in _subcommands(build_parser()):
+        text = rendered[path] = parser.format_help()
+        for action in parser._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            where = f"reviews {' '.join(path)} {action.option_strings[0]}"
+            assert (action.help or "").strip(), f"{where}: no help text"
+            shown = _help_of(text.splitlines(), action.option_strings[0])
+            assert "default" in shown, f"{where}: the help does not give the default: {shown!r}"
+            if action.default is not None and not isinstance(action.default, bool):  # a flag may say "off"
+                assert str(action.default) in shown, f"{where}: default {action.default!r} not in {shown!r}"
+    assert {("data", "fetch"), ("train",), ("models", "list"), ("models", "promote"), ("models", "rollback"),
+            ("score",), ("quickstart",), ("serve",)} <= set(rendered)
+    assert "(default: 0.05)" in _help_of(rendered[("score",)].splitlines(), "--max-reject-fraction")
+    maxlen = _help_of(rendered[("train",)].splitlines(), "--maxlen")
+    assert "default: the preset's value" in maxlen and "seed uses 50" in maxlen and "default uses 500" in maxlen
+
+
+def test_storage_error_line_names_the_given_uri_that_holds_the_failure(tmp_path):
+    from flows.cli_support import storage_error_line
+    from infra.storage import StorageError
+
+    refused = StorageError("s3://b/out/_claims/c0.json: AWS Error ...", uri="s3://b/out/_claims/c0.json",
+                           reason="refused")
+    given = [str(tmp_path), "s3://b/", "s3a://b/out/", "s3://b/outer"]
+    assert storage_error_line(refused, given) == "s3a://b/out/: refused", "the closest URI, as the user spelled it"
+    assert storage_error_line(refused, [str(tmp_path)]) == "s3://b/out/_claims/c0.json: refused"
+    glob = StorageError("x", uri="s3://b/in/*.parquet", reason="refused")
+    assert storage_error_line(glob, ["s3://b/in/*.parquet"]) == "s3://b/in/*.parquet: refused"
+    local = StorageError("x", uri=str(tmp_path / "reg" / "champion.json"), reason="refused")
+    assert storage_error_line(local, ["reg-elsewhere", str(tmp_path / "reg")]) == f"{tmp_path / 'reg'}: refused"
+    assert storage_error_line(StorageError("an object's own problem"), given) == "an object's own problem"

@@ -50,6 +50,13 @@ def _parts(out_uri: str) -> list[str]:
         return []
 
 
+def _claims(out_uri: str) -> list[str]:
+    try:
+        return [i.base_name for i in storage.list_files(storage.resolve(out_uri).join("_claims"))]
+    except (OSError, storage.StorageError):
+        return []
+
+
 def _wait(p: subprocess.Popen, log, timeout: float = RUN_TIMEOUT) -> tuple[int, str]:
     try:
         p.wait(timeout)
@@ -111,6 +118,8 @@ def test_kill9_half_way_then_rerun_is_exactly_once(where, models, tmp_path, requ
     leftovers = []
     if where == "local":
         leftovers = [n for n in os.listdir(out) if n.startswith(".tmp-")]  # hidden, ignored by readers
+    dead_claims = _claims(out)
+    assert [storage.read_json(storage.resolve(out).join("_claims", c))["pid"] for c in dead_claims] == [p.pid]
 
     log2 = tmp_path / "run2.log"
     rc, text = _wait(start_score(src, out, models["uri"], *args, log=log2), log2)
@@ -124,6 +133,15 @@ def test_kill9_half_way_then_rerun_is_exactly_once(where, models, tmp_path, requ
     assert len(_parts(out)) == units
     # Hidden temporaries of the killed writer do not count as data.
     assert read_output(out).num_rows == n, leftovers
+    # The re-run removed the dead run's claim (its pid is gone) and released its own: no claim,
+    # and no empty _claims/ directory or S3 directory-marker object.
+    assert _claims(out) == []
+    if where == "local":
+        assert not os.path.exists(os.path.join(out, "_claims"))
+    else:
+        bucket, prefix = out.removeprefix("s3://").split("/", 1)
+        listed = request.getfixturevalue("s3_client").list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/_claims")
+        assert [o["Key"] for o in listed.get("Contents", [])] == []
 
 
 # -- two runs at once -------------------------------------------------------------------------

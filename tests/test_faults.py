@@ -78,10 +78,9 @@ def _pending_uploads(client, bucket_uri: str) -> list[str]:
             .get("Uploads", [])]
 
 
-# `_claims/` alone is the empty directory marker Arrow re-creates when the last claim is deleted
-# (see test_successful_run_leaves_no_claim_objects); claim *files* left behind are stray.
+# Claims are gone once their run ends, and so is `_claims/` (no empty directory marker object).
 _OUTPUT_KEY = re.compile(r"^(part-[0-9a-f]{12}-rg\d{5}-\d{5}\.parquet|_rejected/part-[^/]+\.parquet|"
-                         r"_manifest\.json|_SUCCESS|_claims/)$")
+                         r"_manifest\.json|_SUCCESS)$")
 
 
 def _assert_clean_output(client, bucket_uri: str, prefix: str) -> None:
@@ -222,15 +221,37 @@ def test_small_object_read_error_is_what_the_classifier_sees(proxy, quiet_bucket
     assert proxy.count(method="GET") == 1, "pyarrow did not retry"
 
 
-@pytest.mark.xfail(strict=True, reason="release_output deletes the claim with pyarrow's delete_file, which on S3 "
-                                       "re-creates an empty '_claims/' directory-marker object in every output")
 def test_successful_run_leaves_no_claim_objects(s3_bucket, s3_client, registry, tmp_path):
+    """pyarrow's delete_file re-creates an empty '_claims/' directory-marker object on S3 when it
+    deletes the last claim; a finished output must hold neither claims nor that marker."""
     from flows.score import score_reviews
 
     src = str(tmp_path / "in")
     make_dump(src, n=100, files_rows=100, rg=100)
     score_reviews(input=src, output=f"{s3_bucket}/scores", registry=registry["uri"])
     assert [k for k in _keys(s3_client, s3_bucket, "scores/_claims")] == []
+    assert "scores/_SUCCESS" in _keys(s3_client, s3_bucket, "scores/")
+
+
+def test_dead_claims_are_removed_and_released_ones_leave_no_marker(s3_bucket, s3_client):
+    """A claim past its TTL (its run died on another machine) is deleted by the next run that looks;
+    a live claim of a compatible run stays; releasing the last one leaves no object under _claims/."""
+    from datetime import datetime, timedelta, timezone
+
+    from tasks.scoring import ClaimHeartbeat, claim_output
+
+    out = storage.resolve(f"{s3_bucket}/scores")
+    now = datetime.now(timezone.utc)
+    for name, beat in (("stale", now - timedelta(hours=1)), ("live", now)):
+        storage.write_json(out.join("_claims", f"{name}.json"), {
+            "run_id": name, "model_version": "model-a", "layout": "l", "host": "another-host", "pid": 1,
+            "created_at": beat.isoformat(), "heartbeat_at": beat.isoformat()})
+    mine = claim_output.fn(out.uri, "model-a", "run-new", "l")
+    assert _keys(s3_client, s3_bucket, "scores/") == ["scores/_claims/live.json", "scores/_claims/run-new.json"]
+    for name in (mine, "live.json"):
+        with ClaimHeartbeat(out.uri, name, interval=60):
+            pass
+    assert _keys(s3_client, s3_bucket, "scores/") == []
 
 
 @pytest.mark.parametrize("message", [

@@ -34,7 +34,7 @@ from models.scoring import (
     _token_reasons,
     reason_labels,
 )
-from tests.tinymodel import CONFIG, VOCAB, read_output, register_tiny, tiny_model
+from tests.tinymodel import CONFIG, VOCAB, assert_readable_everywhere, read_output, register_tiny, tiny_model
 
 V = VOCAB.size  # 15: valid token ids are 0..14
 REASON = dict(enumerate(reason_labels(V)))
@@ -65,6 +65,7 @@ def _score(src: str, out: str, registry, **kw):
     t = manifest["totals"]
     assert t["rows_in"] == t["rows_scored"] + t["rows_rejected"]
     assert storage.exists(loc.join("_SUCCESS"))
+    assert_readable_everywhere(out)
     by_name = {f["uri"].rsplit("/", 1)[-1]: f for f in manifest["inputs"]}
     return summary, manifest, by_name
 
@@ -181,13 +182,14 @@ def _write_corpus(src: str) -> dict[str, dict]:
     exp["31-csv.parquet"] = dict(rows=0, scored=0, error="parquet")
     put("32-struct-tokens.parquet", pa.table({"review_id": ids(7000, 2),
                                               "tokens": pa.array([{"a": 1}, {"a": 4}], pa.struct([("a", pa.int32())]))}))
-    exp["32-struct-tokens.parquet"] = dict(rows=0, scored=0, error="expected a list of integer token ids")
+    # (a readable footer gives the rows of a file that cannot be scored: they count as rejected)
+    exp["32-struct-tokens.parquet"] = dict(rows=2, scored=0, error="expected a list of integer token ids")
     put("33-nested-list-tokens.parquet", pa.table({"review_id": ids(7100, 2),
                                                    "tokens": pa.array([[[1, 4]], [[5]]], pa.list_(pa.list_(pa.int32())))}))
-    exp["33-nested-list-tokens.parquet"] = dict(rows=0, scored=0, error="expected a list of integer token ids")
+    exp["33-nested-list-tokens.parquet"] = dict(rows=2, scored=0, error="expected a list of integer token ids")
     put("34-list-of-struct-tokens.parquet", pa.table({
         "review_id": ids(7200, 1), "tokens": pa.array([[{"t": 1}]], pa.list_(pa.struct([("t", pa.int32())])))}))
-    exp["34-list-of-struct-tokens.parquet"] = dict(rows=0, scored=0, error="expected a list of integer token ids")
+    exp["34-list-of-struct-tokens.parquet"] = dict(rows=1, scored=0, error="expected a list of integer token ids")
 
     # A bad row group inside a good file (valid footer): that unit's rows are rejected, the rest scores.
     path = put("40-corrupt-row-group.parquet",
@@ -202,7 +204,8 @@ def _write_corpus(src: str) -> dict[str, dict]:
 def test_hostile_token_corpus(tmp_path, registry, prefect_api):
     src, out = str(tmp_path / "in"), str(tmp_path / "out")
     exp = _write_corpus(src)
-    summary, manifest, files = _score(src, out, registry, max_rows_per_unit=100, batch_size=3)
+    summary, manifest, files = _score(src, out, registry, max_rows_per_unit=100, batch_size=3,
+                                      allow_failed_files=True)
     assert set(files) == set(exp), "every input file is accounted for in the manifest"
     rejected = _rejected(out)
     scored_table = read_output(out)  # one dataset: every part has the same schema
@@ -229,9 +232,12 @@ def test_hostile_token_corpus(tmp_path, registry, prefect_api):
             np.testing.assert_allclose(scores[rid], _expected_scores([tokens])[0], atol=1e-5, err_msg=name)
     ids = scored_table.column("review_id").to_pylist()
     assert ids.count(5000) == 2 and ids.count(5001) == 1
-    # Row accounting over the whole corpus: scored rows + rejected rows == rows of readable data.
-    readable = sum(e["rows"] for e in exp.values())
-    assert len(ids) + manifest["totals"]["rows_rejected"] == readable
+    assert manifest["totals"]["duplicate_ids"] == 1
+    # Row accounting over the whole corpus: scored rows + rejected rows == rows the footers know of
+    # (the failed files' and the corrupt row group's rows are rejected, and counted as failed).
+    known = sum(e["rows"] for e in exp.values())
+    assert len(ids) + manifest["totals"]["rows_rejected"] == known == manifest["totals"]["rows_in"]
+    assert manifest["totals"]["rows_failed"] == 2 + 2 + 1 + 100
     assert summary["files_failed"] == sum(1 for e in exp.values() if "error" in e)
 
 

@@ -87,3 +87,66 @@ def test_gate_task_promotes_rejects_and_audits(tmp_path, tiny_model):  # noqa: F
 def test_rollback_without_history_is_a_clear_error(tmp_path):
     with pytest.raises(RegistryError, match="no champion"):
         ModelRegistry(str(tmp_path)).rollback()
+
+
+def _actions(registry: ModelRegistry) -> list[tuple[str, str, str | None]]:
+    return [(r["action"], r["version"], r.get("rolled_back_from")) for r in registry.audit_log()
+            if r["action"] in ("promote", "rollback")]
+
+
+def test_rollbacks_walk_back_through_champions(tmp_path, tiny_model):  # noqa: F811
+    registry = ModelRegistry(str(tmp_path))
+    v1, v2, v3 = (_register(registry, tiny_model) for _ in range(3))  # v1: champion on registration
+    registry.promote(v2, reason="better")
+    registry.promote(v3, reason="better still")
+    assert registry.champion_history() == [v1, v2]
+
+    # Two rollbacks go two champions back (the old `previous` field made the second one return to v3).
+    assert registry.rollback(reason="v3 misbehaves") == v2 and registry.champion() == v2
+    assert registry.rollback(reason="v2 too") == v1 and registry.champion() == v1
+    with pytest.raises(RegistryError, match="first on record"):
+        registry.rollback()
+    assert registry.champion() == v1
+
+    # A promote after rollbacks pushes onto what is left of the history.
+    registry.promote(v3, reason="fixed")
+    registry.promote(v3, reason="promoted again")  # the champion itself: no extra step back
+    assert registry.champion_history() == [v1]
+    assert registry.rollback() == v1
+    assert _actions(registry) == [("promote", v1, None), ("promote", v2, None), ("promote", v3, None),
+                                  ("rollback", v2, v3), ("rollback", v1, v2), ("promote", v3, None),
+                                  ("promote", v3, None), ("rollback", v1, v3)]
+    rollbacks = [r for r in registry.audit_log() if r["action"] == "rollback"]
+    assert [r["reason"] for r in rollbacks] == ["v3 misbehaves", "v2 too", "rollback"]
+    assert all(r["actor"] == "user" and r["updated_at"] for r in rollbacks)
+
+
+def test_registry_from_before_history_rolls_back_once(tmp_path, tiny_model):  # noqa: F811
+    registry = ModelRegistry(str(tmp_path))
+    v1, v2 = _register(registry, tiny_model), _register(registry, tiny_model)
+    # champion.json as promote wrote it before champion history existed.
+    (tmp_path / "champion.json").write_text(json.dumps({
+        "version": v2, "previous": v1, "reason": "old", "actor": "user", "updated_at": "2026-01-01T00:00:00+00:00"}))
+    assert registry.rollback() == v1 and registry.champion() == v1
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        registry.rollback()
+
+
+def test_cli_rollback_twice_goes_two_back_and_is_audited(tmp_path, tiny_model, capsys):  # noqa: F811
+    from flows.cli import main
+
+    registry = ModelRegistry(str(tmp_path))
+    v1, v2, v3 = (_register(registry, tiny_model) for _ in range(3))
+    for v in (v2, v3):
+        assert main(["models", "promote", v, "--registry", str(tmp_path)]) == 0
+    capsys.readouterr()
+    champions = []
+    for _ in range(2):
+        assert main(["models", "rollback", "--registry", str(tmp_path), "--reason", "bad scores"]) == 0
+        champions.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["champion"])
+    assert champions == [v2, v1] and registry.champion() == v1
+    assert main(["models", "rollback", "--registry", str(tmp_path)]) == 2
+    assert "reviews: error:" in capsys.readouterr().err and registry.champion() == v1
+    rollbacks = [r for r in registry.audit_log() if r["action"] == "rollback"]
+    assert [(r["version"], r["rolled_back_from"], r["actor"], r["reason"]) for r in rollbacks] == [
+        (v2, v3, "cli", "bad scores"), (v1, v2, "cli", "bad scores")]

@@ -153,3 +153,40 @@ def test_check_parity_detects_drift(tiny_model):
 
     with pytest.raises(ParityError):
         check_parity(KerasPredictor(tiny_model), x, ref + 1e-3)
+
+
+def _weights_h5_names(keras_bytes: bytes) -> list[str]:
+    import io
+    import zipfile
+
+    import h5py
+
+    names: list[str] = []
+    with zipfile.ZipFile(io.BytesIO(keras_bytes)) as archive, \
+            h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as h5:
+        h5.visit(names.append)
+    return names
+
+
+def test_registered_keras_file_holds_no_optimizer_state(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(5)
+    model = build_model(CONFIG, INPUT_DIM)  # compiled with Adam
+    rng = np.random.default_rng(0)
+    model.fit(rng.integers(0, INPUT_DIM, (16, CONFIG.maxlen)), rng.integers(0, 2, (16, 1)), epochs=1, verbose=0)
+    # The trained model really has optimizer state, so a clean file is the copy's doing.
+    trained = str(tmp_path / "trained.keras")
+    model.save(trained)
+    with open(trained, "rb") as f:
+        assert any(n.startswith("optimizer/vars") for n in _weights_h5_names(f.read()))
+
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    version = _register(registry, model)
+    names = _weights_h5_names(registry.read_file(version, "model.keras"))
+    assert not [n for n in names if "optimizer" in n], names
+    assert any(n.startswith("layers/") for n in names), names
+
+    loaded = registry.load_keras(version)  # safe_mode=True
+    x = probe_batch(INPUT_DIM, CONFIG.maxlen, n=50, seed=11)
+    np.testing.assert_array_equal(keras_reference(loaded, x), keras_reference(model, x))

@@ -21,6 +21,7 @@ from models.registry import ModelRegistry
 from models.scoring import ScoringSpec
 from models.text import Vocabulary
 from tasks.scoring import ScoringError, plan_scoring, score_unit
+from tests.tinymodel import assert_readable_everywhere
 
 WORDS = ["the", "a", "good", "bad", "movie", "great", "awful", "plot", "actor", "boring", "fun", "and"]
 VOCAB = Vocabulary(words=tuple(WORDS))
@@ -64,6 +65,7 @@ def _make_dump(uri: str, n: int = 700, files_rows: int = 250, rg: int = 60, seed
 
 
 def _read_output(uri: str) -> pa.Table:
+    assert_readable_everywhere(uri)  # one dataset for pyarrow and DuckDB, parts and _rejected/ parts
     loc = storage.resolve(uri)
     return ds.dataset(loc.path, filesystem=loc.fs, format="parquet").to_table().sort_by("review_id")
 
@@ -163,7 +165,7 @@ def test_bad_input_is_rejected_with_reasons_and_counts_reconcile(tmp_path, regis
                    src / "g-empty.parquet")
     out = tmp_path / "out"
     summary = score_reviews(input=str(src), output=str(out), registry=registry["uri"], max_reject_fraction=1.0,
-                            batch_size=4)
+                            batch_size=4, allow_failed_files=True)
     manifest = json.loads((out / "_manifest.json").read_text())
     files = {os.path.basename(f["uri"]): f for f in manifest["inputs"]}
     assert files["a-mixed.parquet"]["rows_in"] == 8
@@ -174,6 +176,9 @@ def test_bad_input_is_rejected_with_reasons_and_counts_reconcile(tmp_path, regis
         assert files[name]["error"] and name in files[name]["error"]
     assert "missing column 'review_id'" in files["e-missing-column.parquet"]["error"]
     assert "expected a list of integer token ids" in files["f-wrong-type.parquet"]["error"]
+    # Files whose footer is readable count its rows, as rejected: totals add up.
+    assert files["e-missing-column.parquet"]["rows_in"] == files["e-missing-column.parquet"]["rows_rejected"] == 1
+    assert files["c-corrupt.parquet"]["rows_in"] == 0
     assert files["g-empty.parquet"]["error"] is None and files["g-empty.parquet"]["rows_in"] == 0
     for f in manifest["inputs"]:
         assert f["rows_in"] == f["rows_scored"] + f["rows_rejected"]
@@ -265,10 +270,11 @@ def test_runs_with_different_models_never_share_an_output(tmp_path, registry):
     for name in (first, same):
         with ClaimHeartbeat(out, name, interval=0.05):
             pass
-    assert os.listdir(tmp_path / "out" / "_claims") == []
+    assert not (tmp_path / "out" / "_claims").exists(), "the last release leaves no empty _claims/ behind"
     claim_output.fn(out, "model-b", "run-5")
-    # A claim whose run stopped refreshing it goes stale after its time-to-live.
+    # A claim whose run stopped refreshing it goes stale after its time-to-live, and is removed.
     claim_output.fn(out, "model-c", "run-6", ttl_seconds=0.0)
+    assert os.listdir(tmp_path / "out" / "_claims") == ["run-6.json"]
 
 
 def test_claim_of_a_dead_process_on_this_host_is_stale(tmp_path):
@@ -287,6 +293,7 @@ def test_claim_of_a_dead_process_on_this_host_is_stale(tmp_path):
         "created_at": "2026-01-01T00:00:00+00:00", "heartbeat_at": __import__("datetime").datetime.now(
             __import__("datetime").timezone.utc).isoformat()}))
     claim_output.fn(str(out), "model-b", "new")
+    assert os.listdir(out / "_claims") == ["new.json"], "the dead run's claim is removed, not just ignored"
 
 
 def test_record_batches_are_capped_in_tokens():

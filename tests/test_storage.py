@@ -217,6 +217,35 @@ def test_wrong_credentials_fail_fast_and_do_not_leak(variable, s3_bucket, s3_env
     assert s3_server.secret_key not in repr(loc)
 
 
+def test_store_refusals_carry_location_and_reason(s3_bucket, s3_env):
+    import pickle
+
+    s3_env(AWS_SECRET_ACCESS_KEY="WRONG" + secrets.token_hex(12).upper())
+    loc = storage.resolve(f"{s3_bucket}/out/").join("_claims", "c0ffee.json")
+    with pytest.raises(StorageError) as caught:
+        storage.write_json(loc, {})
+    # Pickled as Prefect results and Dask workers pass it on: the fields must survive.
+    for exc in (caught.value, pickle.loads(pickle.dumps(caught.value))):
+        assert "_claims/c0ffee.json" in str(exc), "the full message keeps the exact key for the logs"
+        assert exc.uri == loc.uri and exc.reason.startswith("the S3 server refused the credentials"), exc.reason
+        assert "access key and secret" in exc.reason and "_claims" not in exc.reason
+
+
+def test_s3_delete_removes_exactly_the_object_and_reports_refusals(s3_bucket, s3_env, s3_client):
+    # pyarrow's own delete_file leaves an empty "out/sub/" marker object behind; ours deletes one key.
+    root = storage.resolve(f"{s3_bucket}/out")
+    storage.write_json(root.join("sub", "a.json"), {})
+    storage.delete_file(root.join("sub", "a.json"))
+    storage.delete_file(root.join("sub", "a.json"))  # already gone: not an error
+    assert s3_client.list_objects_v2(Bucket=s3_bucket.removeprefix("s3://")).get("Contents", []) == []
+    wrong = "WRONG" + secrets.token_hex(12).upper()
+    s3_env(AWS_SECRET_ACCESS_KEY=wrong)
+    with pytest.raises(StorageError) as caught:
+        storage.delete_file(storage.resolve(f"{s3_bucket}/out").join("sub", "b.json"))
+    assert caught.value.reason.startswith("the S3 server refused the credentials"), str(caught.value)
+    assert wrong not in str(caught.value) and not storage.is_transient(caught.value)
+
+
 def test_missing_bucket_is_named(s3_server):
     bucket = f"missing-{uuid.uuid4().hex[:10]}"
     loc = storage.resolve(f"s3://{bucket}/prefix/x.json")

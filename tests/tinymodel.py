@@ -73,10 +73,70 @@ def make_dump(uri: str, n: int = 700, files_rows: int = 250, rg: int = 60, seed:
     return table
 
 
-def read_output(uri: str) -> pa.Table:
-    """All scored parts under ``uri`` as one table (pyarrow skips ``_``/``.`` prefixed paths)."""
+def read_output(uri: str, check_readers: bool = True) -> pa.Table:
+    """All scored parts under ``uri`` as one table (pyarrow skips ``_``/``.`` prefixed paths).
+
+    ``check_readers``: first assert that pyarrow.dataset and DuckDB both read the parts and the
+    ``_rejected/`` parts as one dataset each (see :func:`assert_readable_everywhere`).
+    """
+    if check_readers:
+        assert_readable_everywhere(uri)
     loc = storage.resolve(uri)
     return ds.dataset(loc.path, filesystem=loc.fs, format="parquet").to_table()
+
+
+def assert_readable_everywhere(uri: str) -> dict[str, int]:
+    """The output's parts, and its ``_rejected/`` parts, each read as one dataset by pyarrow.dataset
+    and by DuckDB, with the same columns and the same ids.  Returns rows per dataset.
+
+    S3 outputs are copied to a local directory for DuckDB (its S3 support is a downloadable
+    extension); the files it reads are the same bytes.
+    """
+    import collections
+    import tempfile
+
+    import duckdb
+
+    loc = storage.resolve(uri)
+    found = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for sub in ("", "_rejected"):
+            where = loc.join(sub) if sub else loc
+            parts = [i for i in storage.list_files(where, recursive=False)
+                     if i.base_name.startswith("part-") and i.base_name.endswith(".parquet")]
+            if not parts:
+                continue
+            # Both readers take the first file's schema and cast the rest, so whether a mixed output
+            # reads depends on which part sorts first: one dataset means one schema in every part.
+            schemas = {i.base_name: pq.read_schema(loc.fs.open_input_file(i.path)).remove_metadata()
+                       for i in parts}
+            first = next(iter(schemas.values()))
+            odd = {n: str(s) for n, s in schemas.items() if not s.equals(first)}
+            assert not odd, f"{uri}/{sub}: parts differ in schema from {first}: {odd}"
+            t = ds.dataset(where.path, filesystem=loc.fs, format="parquet").to_table()
+            if loc.is_local:
+                paths = [i.path for i in parts]
+            else:
+                paths = []
+                for i in parts:
+                    local = os.path.join(tmp, f"{sub or 'scored'}-{i.base_name}")
+                    with loc.fs.open_input_stream(i.path) as src, open(local, "wb") as dst:
+                        dst.write(src.read())
+                    paths.append(local)
+            with duckdb.connect() as con:
+                cur = con.execute("SELECT * FROM read_parquet(?)", [paths])
+                names = [d[0] for d in cur.description]
+                rows = cur.fetchall()
+            assert names == t.column_names, (uri, sub, names, t.column_names)
+            ids = t.column("review_id").cast(_plain(t.schema.field("review_id").type)).to_pylist()
+            duck_ids = [r[names.index("review_id")] for r in rows]
+            assert collections.Counter(duck_ids) == collections.Counter(ids), (uri, sub)
+            found[sub or "scored"] = t.num_rows
+    return found
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
 
 
 def part_versions(uri: str) -> dict[str, str | None]:
