@@ -68,12 +68,12 @@ def time_predictors(registry_uri: str, version: str, x) -> dict[str, Any]:
     """ONNX Runtime (the scoring path) and Keras on the same rows, best of 3, after a warm-up."""
     import numpy as np
 
-    from models.predictors import KerasPredictor, OnnxPredictor
+    from models.predictors import KerasPredictor
     from models.registry import ModelRegistry
 
     registry = ModelRegistry(registry_uri)
     out: dict[str, Any] = {"rows": int(len(x))}
-    onnx = OnnxPredictor(registry.read_file(version, "model.onnx"))
+    onnx = registry.load_predictor(version)  # what scoring serves (auto); new versions have no model.onnx
     keras_p = KerasPredictor(registry.load_keras(version))
     scores = {}
     for name, predictor in (("onnx", onnx), ("keras", keras_p)):

@@ -11,8 +11,8 @@ import traceback
 from typing import Any, Sequence
 
 import infra.prefect_defaults  # noqa: F401  (before anything imports Prefect)
-from flows.cli_support import (Parser, check_storage, console_without_tracebacks, given_uris, storage_error_line,
-                               train_help)
+from flows.cli_support import (Parser, add_training_options, check_storage, console_without_tracebacks, given_uris,
+                               storage_error_line, training_overrides)
 from infra.settings import default_data, default_registry
 
 
@@ -28,26 +28,15 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-_TRAIN_OVERRIDES = {
-    "epochs": int, "batch_size": int, "maxlen": int, "padding": str, "truncating": str, "num_words": int,
-    "skip_top": int, "embedding_dim": int, "lstm_units": int, "pooling": str, "embedding_dropout": float,
-    "dropout": float, "learning_rate": float, "validation_split": float, "early_stopping_patience": int,
-    "lstm_layers": int, "bucket_width": int, "learning_rate_decay": float, "ema_momentum": float,
-    "early_stopping_monitor": str, "token_dropout": float,
-    "seed": int,
-}
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     check_storage(args.registry)  # before importing TensorFlow and long before registering
     from flows.retrain import retrain_sentiment
 
-    overrides = {k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k) is not None}
-    for flag in ("bidirectional", "mask_zero"):
-        if getattr(args, flag) is not None:
-            overrides[flag] = getattr(args, flag)
-    summary = retrain_sentiment(preset=args.preset, registry=args.registry, data=args.data,
-                                cache_dir=args.cache_dir, **overrides)
+    summary = retrain_sentiment(preset=args.preset, overrides=training_overrides(args) or None,
+                                registry=args.registry, data=args.data, cache_dir=args.cache_dir,
+                                min_improvement=args.min_improvement,
+                                labelled=args.labelled or None, holdout_share=args.holdout_share,
+                                force=args.force)
     _print_json(summary)
     return 0
 
@@ -82,6 +71,19 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_show(args: argparse.Namespace) -> int:
+    from models.registry import ModelRegistry
+    from models.version_summary import summary_lines
+
+    registry = ModelRegistry(args.registry)
+    meta = registry.metadata(registry.resolve(args.version))
+    if args.json:
+        _print_json(meta)
+        return 0
+    print("\n".join(summary_lines(meta, registry.root.uri, registry.champion())))
+    return 0
+
+
 def cmd_models_promote(args: argparse.Namespace) -> int:
     from models.registry import ModelRegistry
 
@@ -98,6 +100,19 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
     registry = ModelRegistry(args.registry)
     version = registry.rollback(reason=args.reason or "rolled back by hand", actor="cli")
     _print_json({"champion": version, "registry": registry.root.uri})
+    return 0
+
+
+def cmd_models_prune(args: argparse.Namespace) -> int:
+    from models.registry import ModelRegistry
+    from models.retention import prune
+
+    registry = ModelRegistry(args.registry)
+    plan = prune(registry, args.keep, dry_run=args.dry_run, actor="cli")
+    verb = "would remove" if args.dry_run else "removed"
+    for version in plan.unfinished + plan.remove:
+        print(f"{verb} {version}", flush=True)
+    _print_json({"registry": registry.root.uri, **plan.to_dict()})
     return 0
 
 
@@ -128,7 +143,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     check_storage(args.registry)
     imdb = load_imdb(args.data)
     print(json.dumps({"data": imdb.summary()}, default=str), flush=True)
-    trained = retrain_sentiment(preset=args.preset, registry=args.registry, data=args.data)
+    # The main job always trains: a skipped run ("nothing changed") would have no new metrics to show.
+    trained = retrain_sentiment(preset=args.preset, registry=args.registry, data=args.data, force=True)
     print(json.dumps({"trained": trained}), flush=True)
     dump = os.path.join(args.workdir, "imdb-test-dump")
     write_imdb_split(imdb, "test", dump, rows_per_file=5000)
@@ -154,6 +170,8 @@ _REGISTRY_HELP = "model registry URI: a path or s3://bucket/prefix (taken from $
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from models.presets import PRESETS
+
     p = Parser(prog="reviews", description=__doc__)
     p.add_argument("--debug", action="store_true",
                    help="on failure, show the tracebacks (Prefect's on the console, and the command's own)")
@@ -166,17 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(func=cmd_data_fetch)
 
     train = sub.add_parser("train", help="run the retrain-sentiment flow and print a JSON summary line")
-    train.add_argument("--preset", default="seed", choices=["seed", "default"],
+    train.add_argument("--preset", default="seed", choices=list(PRESETS),
                        help="named settings (README: Training); the options below override single values")
     train.add_argument("--registry", default=default_registry(), help=_REGISTRY_HELP)
     train.add_argument("--data", default=default_data(), help=_DATA_HELP)
     train.add_argument("--cache-dir", default=None, help=_CACHE_HELP)
-    for name, typ in _TRAIN_OVERRIDES.items():
-        train.add_argument("--" + name.replace("_", "-"), type=typ, default=None, dest=name, help=train_help(name))
-    train.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
-                       help=train_help("bidirectional"))
-    train.add_argument("--mask-zero", action=argparse.BooleanOptionalAction, default=None, dest="mask_zero",
-                       help=train_help("mask_zero"))
+    train.add_argument("--min-improvement", type=float, default=0.0,
+                       help="promote only if the new model's accuracy beats the champion's by more than this, "
+                            "both scored on the same evaluation set (README: gated promotion)")
+    train.add_argument("--labelled", action="append", default=None, metavar="URI",
+                       help="labelled Parquet reviews (review_id, label 0/1, text) to train on besides IMDB: a file, "
+                            "directory/prefix or glob, path or s3://; repeat for more (default: none)")
+    train.add_argument("--holdout-share", type=float, default=0.2,
+                       help="share of the labelled reviews held out for evaluation, by a stable hash of review_id")
+    train.add_argument("--force", action="store_true",
+                       help="train even when data snapshot, config and code equal the latest version's (default: "
+                            "such a run is skipped)")
+    add_training_options(train)
     train.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command",
@@ -194,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--registry", default=default_registry(), help=_REGISTRY_HELP)
     rollback.add_argument("--reason", default=None, help="recorded in the audit log (default: 'rolled back by hand')")
     rollback.set_defaults(func=cmd_models_rollback)
+    prune = models.add_parser("prune", help="remove all but the N newest versions; the champion and its rollback "
+                                            "history always stay (audited)")
+    prune.add_argument("--keep", type=int, required=True, metavar="N", help="newest versions to keep, >= 1 (required: no default)")
+    prune.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    prune.add_argument("--registry", default=default_registry(), help=_REGISTRY_HELP)
+    prune.set_defaults(func=cmd_models_prune)
+    show = models.add_parser("show", help="a version's metadata summary: metrics, data snapshot, code version")
+    show.add_argument("version", help="an exact version, latest or champion")
+    show.add_argument("--registry", default=default_registry(), help=_REGISTRY_HELP)
+    show.add_argument("--json", action="store_true", help="print the version's metadata.json record instead")
+    show.set_defaults(func=cmd_models_show)
 
     score = sub.add_parser("score", help="score Parquet review dumps (file, directory/prefix or glob)")
     score.add_argument("input", help="input URI: a .parquet file, a directory/prefix or a glob; path or s3://")
@@ -228,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.set_defaults(func=cmd_score)
 
     quick = sub.add_parser("quickstart", help="fetch data, train, register, then score the IMDB test split")
-    quick.add_argument("--preset", default="seed", choices=["seed", "default"], help="training preset")
+    quick.add_argument("--preset", default="seed", choices=list(PRESETS), help="training preset")
     quick.add_argument("--registry", default=default_registry(), help=_REGISTRY_HELP)
     quick.add_argument("--data", default=default_data(), help=_DATA_HELP)
     quick.add_argument("--workdir", default=os.path.expanduser("~/.imdb-reviews"),

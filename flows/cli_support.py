@@ -13,51 +13,57 @@ import copy
 import logging
 import os
 
-# What each training override means; the presets' values are appended by train_help().
-TRAIN_HELP = {
-    "epochs": "training epochs (an upper bound when early stopping is on)",
-    "batch_size": "training batch size",
-    "maxlen": "tokens per review: longer reviews are cut, shorter ones padded with 0",
-    "padding": "pad short reviews at the pre (start) or post (end) side",
-    "truncating": "cut long reviews at the pre (start) or post (end) side",
-    "num_words": "keep the N most frequent training words, the rest become out-of-vocabulary (none: all)",
-    "skip_top": "also map the N most frequent words to out-of-vocabulary",
-    "embedding_dim": "embedding width",
-    "lstm_units": "units per LSTM layer (per direction when bidirectional)",
-    "pooling": "last (the LSTM's final state) or max (global max over time)",
-    "embedding_dropout": "spatial dropout rate after the embedding",
-    "dropout": "dropout rate before the output layer",
-    "learning_rate": "Adam's learning rate",
-    "validation_split": "share of the training reviews held out for validation (0: none)",
-    "early_stopping_patience": "stop after N epochs without improvement on the validation split (none: train "
-                               "every epoch)",
-    "lstm_layers": "stacked [Bi]LSTM layers",
-    "bucket_width": "train on length-bucketed batches cut to a multiple of N tokens (needs --mask-zero; 0: the "
-                    "padded matrix)",
-    "learning_rate_decay": "epoch e (from 0) trains at learning_rate * decay**e",
-    "ema_momentum": "Polyak averaging of the weights, taken over every epoch (0: off)",
-    "early_stopping_monitor": "val_loss or val_accuracy: what early stopping and the kept epoch watch",
-    "token_dropout": "training-only word dropout: this share of each review's words become out-of-vocabulary "
-                     "each epoch (needs --bucket-width)",
-    "seed": "random seed: the same preset and seed give the same model",
-    "bidirectional": "Bidirectional LSTM layers",
-    "mask_zero": "mask the padding (index 0), so scores do not depend on it",
-}
-
-
-def train_help(name: str, presets: tuple[str, ...] = ("seed", "default")) -> str:
-    from models.presets import PRESETS
+def train_help(name: str) -> str:
+    """A training setting's help (models/presets.py) with every preset's value."""
+    from models.presets import PRESETS, TrainConfig
 
     def shown(value: object) -> str:
         return "none" if value is None else str(value)
 
+    help_text = TrainConfig.__dataclass_fields__[name].metadata["help"]
+    presets = tuple(PRESETS)
     values = [shown(getattr(PRESETS[p], name)) for p in presets]
     if len(set(values)) == 1:
-        uses = f"{' and '.join(presets)} use {values[0]}"
+        uses = f"{', '.join(presets[:-1])} and {presets[-1]} use {values[0]}" if len(presets) > 1 else \
+            f"{presets[0]} uses {values[0]}"
     else:
         uses = ", ".join(f"{p} uses {v}" for p, v in zip(presets, values))
     # '%' would be read as a format specifier by argparse.
-    return f"{TRAIN_HELP[name]} (default: the preset's value; {uses})".replace("%", "%%")
+    return f"{help_text} (default: the preset's value; {uses})".replace("%", "%%")
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig setting: its type, choices and help come from the field."""
+    from dataclasses import fields
+    from typing import Literal, get_args, get_origin, get_type_hints
+
+    from models.presets import TrainConfig
+
+    hints = get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        if f.name == "preset":
+            continue
+        typ = hints[f.name]
+        if get_origin(typ) is not Literal:  # int | None -> int: None is what "not given" means here
+            typ = next(t for t in get_args(typ) or (typ,) if t is not type(None))
+        kwargs: dict = {"default": None, "dest": f.name, "help": train_help(f.name)}
+        if typ is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif get_origin(typ) is Literal:
+            kwargs["choices"] = get_args(typ)
+        else:
+            kwargs["type"] = typ
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def training_overrides(args: argparse.Namespace) -> dict:
+    """The training settings given on the command line (the flow's ``overrides``)."""
+    from dataclasses import fields
+
+    from models.presets import TrainConfig
+
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+            if f.name != "preset" and getattr(args, f.name, None) is not None}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -43,10 +43,19 @@ class KerasPredictor:
 class OnnxPredictor:
     kind = "onnx"
 
-    def __init__(self, onnx_bytes: bytes, batch_size: int = 1024, threads: int = 0, arena: bool = True):
+    def __init__(self, onnx_bytes: bytes, batch_size: int = 1024, threads: int = 0, arena: bool = True,
+                 external_data: dict[str, bytes] | None = None):
+        """``external_data``: file name -> content, for a graph whose initializers are stored as
+        ONNX external data in those files (e.g. the gate tables two graphs share)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        if external_data:
+            # ONNX Runtime copies what it needs while it creates the session (the caller's dict keeps
+            # the buffers alive until then); after that they can go.
+            names = list(external_data)
+            opts.add_external_initializers_from_files_in_memory(
+                names, [external_data[n] for n in names], [len(external_data[n]) for n in names])
         opts.intra_op_num_threads = threads  # 0: one per core
         opts.enable_cpu_mem_arena = arena
         # Busy-waiting worker threads burn the CPU that other units and processes need.

@@ -3,51 +3,59 @@ exactly as it is; ``default`` is the better setting we ship."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal, Optional, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from models.preprocessing import Preprocessing
+
+
+def _setting(default: Any, help: str) -> Any:
+    # The one place a training setting is described: the CLI options and the flow's parameter
+    # schema (TrainOverrides below) are generated from these fields.
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     preset: str = "seed"
     # preprocessing
-    maxlen: int = 50
-    padding: str = "post"
-    truncating: str = "post"
-    num_words: int | None = None
-    skip_top: int = 0
+    maxlen: int = _setting(50, "tokens per review: longer reviews are cut, shorter ones padded with 0")
+    padding: Literal["pre", "post"] = _setting("post", "pad short reviews at the pre (start) or post (end) side")
+    truncating: Literal["pre", "post"] = _setting("post", "cut long reviews at the pre (start) or post (end) side")
+    num_words: int | None = _setting(None, "keep the N most frequent training words, the rest become "
+                                           "out-of-vocabulary (none: all)")
+    skip_top: int = _setting(0, "also map the N most frequent words to out-of-vocabulary")
     # architecture: Embedding(vocab, embedding_dim) -> lstm_layers x [Bi]LSTM(lstm_units) -> [pool]
     #               -> Dense(1, sigmoid)
-    embedding_dim: int = 300
-    lstm_units: int = 128
-    bidirectional: bool = False
-    pooling: str = "last"  # "last" (LSTM's final state) | "max" (global max over time)
-    embedding_dropout: float = 0.0
-    dropout: float = 0.0
-    # Word dropout (training only, needs bucket_width): every epoch a fresh random share of each
-    # review's words is replaced by the out-of-vocabulary index.  Nothing changes at inference.
-    token_dropout: float = 0.0
-    lstm_layers: int = 1
-    mask_zero: bool = False  # mask padding (index 0): LSTMs skip it exactly
-    # Length bucketing (needs mask_zero): batches of similar-length reviews, each cut to its
-    # longest review rounded up to a multiple of bucket_width.  0: feed the padded matrix.
-    bucket_width: int = 0
+    embedding_dim: int = _setting(300, "embedding width")
+    lstm_units: int = _setting(128, "units per LSTM layer (per direction when bidirectional)")
+    bidirectional: bool = _setting(False, "Bidirectional LSTM layers")
+    pooling: Literal["last", "max"] = _setting("last", "last (the LSTM's final state) or max (global max over time)")
+    embedding_dropout: float = _setting(0.0, "spatial dropout rate after the embedding")
+    dropout: float = _setting(0.0, "dropout rate before the output layer")
+    # Nothing changes at inference.
+    token_dropout: float = _setting(0.0, "training-only word dropout: this share of each review's words become "
+                                         "out-of-vocabulary each epoch (needs bucket_width)")
+    lstm_layers: int = _setting(1, "stacked [Bi]LSTM layers")
+    mask_zero: bool = _setting(False, "mask the padding (index 0), so scores do not depend on it")
+    bucket_width: int = _setting(0, "train on length-bucketed batches cut to a multiple of N tokens (needs "
+                                    "mask_zero; 0: the padded matrix)")
     # optimisation
-    epochs: int = 1
-    batch_size: int = 100
-    learning_rate: float = 1e-3
-    learning_rate_decay: float = 1.0  # epoch e (from 0) trains at learning_rate * learning_rate_decay**e
-    # > 0: Polyak averaging - the optimizer keeps an exponential moving average of the weights
-    # and the model takes it over at the end of every epoch, before validation (0: off).
-    ema_momentum: float = 0.0
-    validation_split: float = 0.1
-    early_stopping_patience: int | None = None  # None: train all epochs
-    # What early stopping (and the choice of the epoch whose weights are kept) watches on the
-    # validation split: "val_loss" (lower is better) or "val_accuracy" (higher is better).
-    early_stopping_monitor: str = "val_loss"
-    seed: int = 42
+    epochs: int = _setting(1, "training epochs (an upper bound when early stopping is on)")
+    batch_size: int = _setting(100, "training batch size")
+    learning_rate: float = _setting(1e-3, "Adam's learning rate")
+    learning_rate_decay: float = _setting(1.0, "epoch e (from 0) trains at learning_rate * decay**e")
+    # The model takes the average over at the end of every epoch, before validation.
+    ema_momentum: float = _setting(0.0, "Polyak averaging of the weights, taken over every epoch (0: off)")
+    validation_split: float = _setting(0.1, "share of the training reviews held out for validation (0: none)")
+    early_stopping_patience: int | None = _setting(None, "stop after N epochs without improvement on the validation "
+                                                         "split (none: train every epoch)")
+    # Also picks the epoch whose weights are kept.
+    early_stopping_monitor: Literal["val_loss", "val_accuracy"] = _setting(
+        "val_loss", "val_loss or val_accuracy: what early stopping and the kept epoch watch")
+    seed: int = _setting(42, "random seed: the same preset and seed give the same model")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_split < 1.0:
@@ -132,6 +140,33 @@ PRESETS: dict[str, TrainConfig] = {
 # no early stopping and no validation curves; about 2x default's train and scoring time.
 PRESETS["deep"] = replace(PRESETS["default"], preset="deep", lstm_layers=2, epochs=2, validation_split=0.0,
                           early_stopping_patience=None)
+
+
+# A preset name, as the flow's parameter schema and the CLI's choices offer it.
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+
+
+def _overrides_model() -> type[BaseModel]:
+    hints = get_type_hints(TrainConfig)
+    settings = {f.name: (Optional[hints[f.name]], Field(None, description=f.metadata["help"]))
+                for f in fields(TrainConfig) if f.name != "preset"}
+    return create_model("TrainOverrides", __config__=ConfigDict(extra="forbid"),
+                        __doc__="Training settings that replace the preset's; left out (null): the preset's value.",
+                        **settings)
+
+
+# Generated from TrainConfig, so a new setting is a flow parameter (with Prefect's schema and
+# validation) and a CLI option without being declared again.
+TrainOverrides = _overrides_model()
+
+
+def overrides_dict(overrides: BaseModel | dict[str, Any] | None) -> dict[str, Any]:
+    """The settings an override object actually sets."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, BaseModel):
+        return overrides.model_dump(exclude_none=True)
+    return {k: v for k, v in TrainOverrides.model_validate(overrides).model_dump().items() if v is not None}
 
 
 def get_preset(name: str, **overrides: Any) -> TrainConfig:

@@ -43,8 +43,10 @@ def int8_export(model, x_test: np.ndarray, y_test: np.ndarray, accuracy: float, 
 
     ``accuracy``: the float32 model's accuracy on (``x_test``, ``y_test``).  No files when the
     topology has no gate-table graph, when there are no labelled reviews to measure on, or when
-    the int8 graph loses more than ``max_drop`` accuracy; the record says which, with figures."""
-    from models.fast_lstm import Int8LstmPredictor, build_fast_onnx
+    the int8 graph loses more than ``max_drop`` accuracy; the record says which, with figures.
+    The graph's gate tables are external data (:func:`models.fast_lstm.build_fast_parts`): the
+    files include :data:`~models.fast_lstm.TABLES_FILE`, the same bytes as the float32 graph's."""
+    from models.fast_lstm import TABLES_FILE, Int8LstmPredictor, build_fast_parts
     from models.predictors import rows_per_batch
     from models.registry import npy_bytes  # here: the registry imports this module's file names
 
@@ -52,11 +54,12 @@ def int8_export(model, x_test: np.ndarray, y_test: np.ndarray, accuracy: float, 
     if not len(x_test):
         return {}, {**record, "reason": "no labelled test reviews to measure the accuracy cost on"}
     try:
-        data = build_fast_onnx(model, precision="int8")
+        data, tables = build_fast_parts(model, precision="int8")
     except ValueError as exc:
         return {}, {**record, "reason": str(exc).splitlines()[0]}
     try:
-        predictor = Int8LstmPredictor(data, batch_size=rows_per_batch(int(x_test.shape[1])))
+        predictor = Int8LstmPredictor(data, batch_size=rows_per_batch(int(x_test.shape[1])),
+                                      external_data={TABLES_FILE: tables})
         scores = predictor.predict(x_test)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors share no base class but Exception
         # int8 is an option: a runtime that cannot run it (e.g. a build without the int8 kernels)
@@ -72,4 +75,4 @@ def int8_export(model, x_test: np.ndarray, y_test: np.ndarray, accuracy: float, 
                                         f"float32 {accuracy:.4f} (allowed: {max_drop * 100:.2f})"}
     probe_scores = predictor.predict(probe)
     record.update(approved=True, reason="within the accuracy bound")
-    return {INT8_FILE: data, INT8_PROBE_SCORES: npy_bytes(probe_scores)}, record
+    return {INT8_FILE: data, TABLES_FILE: tables, INT8_PROBE_SCORES: npy_bytes(probe_scores)}, record

@@ -3,10 +3,13 @@
 Layout under the registry root::
 
     versions/<version>/model.keras          Keras model (loaded with safe_mode=True only)
-                      /model.onnx           fast inference export, parity-checked at registration
                       /preprocessing.json   maxlen, padding, truncating, num_words, skip_top, ...
                       /vocabulary.json      train-split vocabulary (absent for index-only data)
-                      /model.fast.onnx      the gate-table graph (models.fast_lstm), when the topology allows
+                      /model.fast.onnx      the gate-table graph (models.fast_lstm), when the topology allows,
+                      /gate_tables.bin      its gate tables (ONNX external data, shared with the int8 graph;
+                                            versions registered before embed them in each graph)
+                      /model.onnx           the plain tf2onnx export, only when there is no gate-table graph
+                                            (models.onnx_export; versions registered before have both)
                       /probe.npy, /probe_scores.npy   probe batch and Keras' scores for it
                       /model.fast-int8.onnx, /probe_scores_int8.npy   int8 graph and its probe scores,
                                             only when its test-accuracy cost was within bound
@@ -36,13 +39,14 @@ from typing import Any
 import numpy as np
 
 from infra import storage
+from models.fast_lstm import TABLES_FILE
+from models.onnx_export import FAST_FILE, PLAIN_FILE, inference_graphs
 from models.predictors import (
     KerasPredictor,
     OnnxPredictor,
     ParityError,
     Predictor,
     check_parity,
-    export_onnx,
     keras_reference,
     rows_per_batch,
 )
@@ -51,8 +55,6 @@ from models.quantization import INT8_FILE, INT8_PROBE_SCORES, int8_refusal
 
 CHAMPION = "champion"
 PREDICTOR_KINDS = ("auto", "fast", "onnx", "keras", "int8")
-_VERSION_FILES = ("model.keras", "model.onnx", "preprocessing.json", "vocabulary.json", "probe.npy",
-                  "probe_scores.npy")
 
 
 class RegistryError(RuntimeError):
@@ -85,19 +87,6 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _fast_export(model, probe: np.ndarray, reference: np.ndarray) -> tuple[bytes | None, str]:
-    """The gate-table graph (models.fast_lstm) when the topology allows it and parity holds."""
-    from models.fast_lstm import FastLstmPredictor, build_fast_onnx
-
-    try:
-        data = build_fast_onnx(model)
-        delta = check_parity(FastLstmPredictor(data, batch_size=rows_per_batch(int(probe.shape[1]))), probe,
-                             reference)
-    except (ValueError, ParityError) as exc:
-        return None, f"not exported: {str(exc).splitlines()[0]}"
-    return data, f"model.fast.onnx, parity max |delta| = {delta:.3g}"
-
-
 def _inference_copy(model):
     """The model without its optimizer state: Adam's two slots would triple the file.
 
@@ -107,7 +96,8 @@ def _inference_copy(model):
     Keras' safe mode, so Lambda layers are refused here as on load.
     """
     copy = type(model).from_config(model.get_config())
-    copy.set_weights(model.get_weights())
+    for target, source in zip(copy.weights, model.weights, strict=True):  # no NumPy copy of all the weights
+        target.assign(source)
     return copy
 
 
@@ -146,44 +136,44 @@ class ModelRegistry:
     ) -> str:
         """Save a trained model as a new immutable version; returns its name.
 
-        The ONNX export must reproduce Keras on ``probe`` within 1e-5, else nothing is
-        committed.  The first version of an empty registry becomes champion.
+        The ONNX export must reproduce Keras on ``probe`` within 1e-5, else nothing is committed
+        (models.onnx_export); the int8 graph's gate tables in ``extra_files`` are the float32 graph's
+        too, stored once.  The first version of an empty registry becomes champion.
         """
         # Microseconds keep names in registration order; the suffix keeps concurrent ones apart.
         version = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S%f-") + secrets.token_hex(3)
         vdir = self._version_dir(version)
         reference = keras_reference(model, probe)
         with tempfile.TemporaryDirectory(prefix="reviews-register-") as tmp:
-            keras_path, onnx_path = os.path.join(tmp, "model.keras"), os.path.join(tmp, "model.onnx")
+            keras_path = os.path.join(tmp, "model.keras")
             try:
                 copy = _inference_copy(model)
             except ValueError as exc:  # cloning deserialises too, and refuses Lambda layers
                 raise RegistryError(f"{self.root.uri}: the model to register cannot be loaded with Keras "
                                     f"safe_mode=True: {str(exc).splitlines()[0]}") from exc
             copy.save(keras_path)
+            del copy  # its weights (the embedding: 106 MB at seed size) are not needed any more
             _safe_load(keras_path, f"{self.root.uri}: the model to register")
-            export_onnx(model, onnx_path)
             with open(keras_path, "rb") as f:
                 keras_bytes = f.read()
-            with open(onnx_path, "rb") as f:
-                onnx_bytes = f.read()
+        extra = dict(extra_files or {})
         try:
-            parity = check_parity(OnnxPredictor(onnx_bytes), probe, reference)
+            graphs, export = inference_graphs(model, probe, reference, tables=extra.get(TABLES_FILE))
         except ParityError as exc:
             raise RegistryError(f"{self.root.uri}: registration refused: {exc}") from exc
-        fast_bytes, fast_note = _fast_export(model, probe, reference)
+        if TABLES_FILE in extra and graphs.get(TABLES_FILE) is not extra[TABLES_FILE]:
+            raise RegistryError(f"{self.root.uri}: registration refused: the given {TABLES_FILE} (the int8 graph's) "
+                                f"does not serve this model's float32 graph ({export['fast']})")
         files: dict[str, bytes] = {
             "model.keras": keras_bytes,
-            "model.onnx": onnx_bytes,
+            **graphs,
             "preprocessing.json": storage.json_bytes(preprocessing.to_dict()),
             "probe.npy": npy_bytes(np.ascontiguousarray(probe, dtype=np.int32)),
             "probe_scores.npy": npy_bytes(reference),
         }
-        if fast_bytes is not None:
-            files["model.fast.onnx"] = fast_bytes
         if vocabulary is not None:
             files["vocabulary.json"] = storage.json_bytes(vocabulary)
-        files.update(extra_files or {})
+        files.update(extra)
         for name, data in files.items():
             storage.atomic_write(vdir.join(name), data)
         meta = dict(metadata)
@@ -191,8 +181,7 @@ class ModelRegistry:
             version=version,
             created_at=_now(),
             preprocessing=preprocessing.to_dict(),
-            export={"format": "onnx", "parity_max_abs_delta": parity, "probe_rows": int(len(probe)),
-                    "fast": fast_note},
+            export=export,
             libraries=library_versions(),
             files={name: _sha256(data) for name, data in files.items()},
         )
@@ -282,13 +271,19 @@ class ModelRegistry:
         ``auto``: the gate-table ONNX graph when the version has one, else the plain ONNX
         export, else Keras.  Every predictor is checked against Keras' probe scores - except
         ``int8`` (approximate; only for versions that have an approved one, never chosen by
-        ``auto``), which must reproduce its own probe scores from registration.
+        ``auto``), which must reproduce its own probe scores from registration.  ``onnx``: the
+        plain export, which only versions without a gate-table graph (or registered before
+        models.onnx_export) have.
         """
         if kind not in PREDICTOR_KINDS:
             raise RegistryError(f"unknown predictor kind {kind!r}")
         probe, reference = self.probe(version)
         meta = self.metadata(version)
         batch = rows_per_batch(int(probe.shape[1]))
+        files = meta.get("files", {})
+        # Graphs registered with shared gate tables reference them as external data; older ones embed theirs.
+        tables = {TABLES_FILE: self.read_file(version, TABLES_FILE, meta)} if (
+            TABLES_FILE in files and kind in ("auto", "fast", "int8")) else None
         predictor: Predictor
         if kind == "int8":
             from models.fast_lstm import Int8LstmPredictor
@@ -299,18 +294,24 @@ class ModelRegistry:
             refusal = int8_refusal(meta.get("int8", {}))
             if refusal:
                 raise RegistryError(f"{self.root.uri}: version {version} refused for predictor=int8: {refusal}")
-            predictor = Int8LstmPredictor(self.read_file(version, INT8_FILE, meta), batch_size=batch)
+            predictor = Int8LstmPredictor(self.read_file(version, INT8_FILE, meta), batch_size=batch,
+                                          external_data=tables)
             reference = self._read_npy(version, INT8_PROBE_SCORES, meta)
-        elif kind in ("auto", "fast") and "model.fast.onnx" in meta.get("files", {}):
+        elif kind in ("auto", "fast") and FAST_FILE in files:
             from models.fast_lstm import FastLstmPredictor
 
-            predictor = FastLstmPredictor(self.read_file(version, "model.fast.onnx", meta), batch_size=batch)
+            predictor = FastLstmPredictor(self.read_file(version, FAST_FILE, meta), batch_size=batch,
+                                          external_data=tables)
         elif kind == "fast":
             raise RegistryError(f"{self.root.uri}: version {version} has no fast predictor "
                                 f"({meta.get('export', {}).get('fast')})")
+        elif kind == "onnx" and PLAIN_FILE not in files:
+            raise RegistryError(f"{self.root.uri}: version {version} has no plain ONNX graph ({PLAIN_FILE}: "
+                                f"{meta.get('export', {}).get('plain')}); score it with predictor=auto or fast "
+                                "(the gate-table graph, within 1e-5 of Keras), or keras")
         elif kind in ("auto", "onnx"):
             try:
-                predictor = OnnxPredictor(self.read_file(version, "model.onnx", meta), batch_size=batch)
+                predictor = OnnxPredictor(self.read_file(version, PLAIN_FILE, meta), batch_size=batch)
             except ImportError:
                 if kind == "onnx":
                     raise

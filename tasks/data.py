@@ -1,18 +1,24 @@
-"""Loading the IMDB data and turning it into training matrices."""
+"""Loading the IMDB data (plus any labelled reviews) and turning it into training matrices."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from infra.imdb import ImdbData, load_imdb
+from infra.labelled_inputs import read_labelled
+from models.data_snapshot import RunInputs
+from models.joint_vocabulary import JointData, join_labelled
+from models.labelled_data import LabelledSet, judge_labelled
 from models.preprocessing import Preprocessing, lengths, to_matrix
 from models.presets import TrainConfig
 from models.training import validation_split
-from tasks.reporting import logger
+from tasks.lineage import retry_if_transient
+from tasks.reporting import logger, table
 
 
 @dataclass
@@ -26,6 +32,10 @@ class TrainingSet:
     x_test: np.ndarray
     y_test: np.ndarray
     test_lengths: np.ndarray
+    # The labelled holdout (empty without labelled data): never trained on, never in the vocabulary.
+    x_holdout: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int32))
+    y_holdout: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
+    holdout_tokens: pa.ListArray = field(default_factory=lambda: pa.array([], pa.list_(pa.int32())))  # uncut
 
 
 @task(name="load-imdb", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -38,9 +48,41 @@ def load_data(data: str = "auto", cache_dir: str | None = None) -> ImdbData:
     return imdb
 
 
+@task(name="add-labelled-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_if_transient)
+def add_labelled(imdb: ImdbData, inputs: RunInputs) -> JointData:
+    """Read, validate, deduplicate and split the run's labelled files, then join their train rows
+    to IMDB's under one vocabulary.  Every row not used is reported with its reason."""
+    labelled = LabelledSet(inputs.holdout_share)
+    if inputs.files:
+        labelled = judge_labelled(((f, read_labelled(f)) for f in inputs.files), imdb, inputs.holdout_share)
+        log = logger()
+        for f in labelled.files:
+            (log.warning if f.rows_rejected else log.info)(
+                "labelled %s: %d rows read, %d used (%d train, %d holdout), %d rejected, %d duplicates%s",
+                f.uri, f.rows_read, f.rows_used, f.rows_train, f.rows_holdout, f.rows_rejected, f.rows_duplicate,
+                f" ({', '.join(f'{k}: {v}' for k, v in sorted(f.reasons.items()))})" if f.reasons else "")
+        rows = [{"file": f.uri, **{k: v for k, v in f.to_dict().items() if k.startswith("rows_")},
+                 "reasons": ", ".join(f"{k}: {v}" for k, v in sorted(f.reasons.items())) or "-"}
+                for f in labelled.files]
+        totals = labelled.totals()
+        rows.append({"file": "total", **totals,
+                     "reasons": ", ".join(f"{k}: {v}" for k, v in sorted(labelled.reasons.items())) or "-"})
+        table("labelled-data", rows, "Labelled rows per file: read = used + rejected + duplicates")
+        sample = labelled.rejected_sample + labelled.duplicate_sample
+        if sample:
+            table("labelled-rejected", [{k: str(v) for k, v in r.items()} for r in sample],
+                  "Examples of labelled rows not used (file, row, reason); the counts are in labelled-data")
+    return join_labelled(imdb, labelled)
+
+
 @task(name="prepare-matrices", cache_policy=NO_CACHE)
-def prepare(imdb: ImdbData, config: TrainConfig) -> TrainingSet:
+def prepare(imdb: ImdbData, config: TrainConfig,
+            holdout_tokens: pa.Array | None = None,
+            holdout_labels: np.ndarray | None = None) -> TrainingSet:
     prep = config.preprocessing(vocab_size=imdb.vocab_size)
+    if holdout_tokens is None:
+        holdout_tokens, holdout_labels = pa.array([], pa.list_(pa.int32())), np.zeros(0, dtype=np.int8)
     x = to_matrix(imdb.train_tokens, prep)
     y = np.asarray(imdb.train_labels, dtype=np.int8)
     split = validation_split(len(y), config.validation_split, config.seed)
@@ -55,4 +97,7 @@ def prepare(imdb: ImdbData, config: TrainConfig) -> TrainingSet:
         y_test=np.asarray(imdb.test_labels, dtype=np.int8),
         # Length without the start marker: what a reader would call review length.
         test_lengths=np.maximum(lengths(imdb.test_tokens) - 1, 0),
+        x_holdout=to_matrix(holdout_tokens, prep),
+        y_holdout=np.asarray(holdout_labels, dtype=np.int8),
+        holdout_tokens=holdout_tokens,
     )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from infra.imdb import ImdbData
+from models.comparison import compare
+from models.evaluation_set import EvaluationSet, evaluation_set, version_matrix
 from models.predictors import probe_batch
 from models.presets import TrainConfig
 from models.promotion import decide, decision_markdown
@@ -21,7 +24,9 @@ from tasks.training import history_markdown, public_metrics
 
 @task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 def register(registry_uri: str, result: FitResult, ts: TrainingSet, config: TrainConfig,
-             report: dict[str, Any], imdb: ImdbData) -> str:
+             report: dict[str, Any], imdb: ImdbData,
+             lineage: dict[str, Any] | None = None) -> str:
+    """``lineage``: the data snapshot, labelled-data report and code version (``RunInputs.metadata``)."""
     registry = ModelRegistry(registry_uri)
     prep = ts.preprocessing
     # Real reviews plus random ones, so parity is checked on both padding sides and the whole index range.
@@ -39,7 +44,8 @@ def register(registry_uri: str, result: FitResult, ts: TrainingSet, config: Trai
         "evaluation": metrics,
         "data": {"source": imdb.source, "fingerprint": ts.fingerprint, "train_rows": int(len(ts.y_train)),
                  "validation_rows": int(len(ts.y_val)), "test_rows": int(len(ts.y_test)),
-                 "vocab_size": imdb.vocab_size},
+                 "vocab_size": imdb.vocab_size, "holdout_rows": int(len(ts.y_holdout))},
+        **(lineage or {}),
     }
     int8_files, metadata["int8"] = int8_export(result.model, ts.x_test, ts.y_test, report["accuracy"], probe)
     vocab = imdb.vocabulary.to_json() if imdb.vocabulary is not None else None
@@ -56,20 +62,43 @@ def register(registry_uri: str, result: FitResult, ts: TrainingSet, config: Trai
     return version
 
 
+def _scores(registry: ModelRegistry, version: str, es: EvaluationSet, predictor) -> tuple[np.ndarray, str]:
+    x, how = version_matrix(es, registry.preprocessing(version), registry.vocabulary(version))
+    return np.asarray(predictor.predict(x)).reshape(-1), how
+
+
 @task(name="promotion-gate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-def gate(registry_uri: str, version: str, accuracy_tolerance: float = 0.0,
-         auc_tolerance: float = 0.0) -> dict[str, Any]:
-    """Promote the challenger only if it passes the gate; every decision is audited."""
+def gate(registry_uri: str, version: str, imdb: ImdbData, ts: TrainingSet,
+         min_improvement: float = 0.0) -> dict[str, Any]:
+    """Score challenger and champion on one evaluation set (the IMDB test split plus the labelled
+    holdout) with their registered predictors; promote by the paired rule of
+    :func:`models.promotion.decide`.  Every decision is audited."""
     registry = ModelRegistry(registry_uri)
-    challenger = registry.metadata(version)
     champion_version = registry.champion()
-    champion = registry.metadata(champion_version) if champion_version else None
     try:
-        registry.load_predictor(version)  # rebuilds the fast predictor and re-checks parity
+        challenger_predictor = registry.load_predictor(version)  # rebuilds the predictor, re-checks parity
         parity_ok, detail = True, ""
     except RegistryError as exc:
         parity_ok, detail = False, str(exc)
-    decision = decide(challenger, champion, parity_ok, detail, accuracy_tolerance, auc_tolerance)
+    comparison = champion_error = evaluation = None
+    if parity_ok and champion_version not in (None, version):
+        # The holdout's uncut token lists when the TrainingSet has them; its padded matrix is cut to
+        # the challenger's maxlen (models/evaluation_set.py).
+        holdout = getattr(ts, "holdout_tokens", None)
+        es = evaluation_set(imdb.test_tokens, imdb.test_labels, imdb.vocabulary,
+                            getattr(ts, "x_holdout", None) if holdout is None else holdout,
+                            getattr(ts, "y_holdout", None))
+        challenger_scores, challenger_input = _scores(registry, version, es, challenger_predictor)
+        evaluation = {"parts": es.parts, "challenger_input": challenger_input}
+        try:
+            champion_scores, evaluation["champion_input"] = _scores(
+                registry, champion_version, es, registry.load_predictor(champion_version))
+        except RegistryError as exc:
+            champion_error = str(exc)
+        else:
+            comparison = compare(es.labels, champion_scores, challenger_scores)
+    decision = decide(version, champion_version, parity_ok, detail, comparison, min_improvement,
+                      champion_error, evaluation)
     registry.audit("gate", decision)
     if decision["promote"] and champion_version != version:
         registry.promote(version, reason=decision["reason"], actor="retrain-sentiment", decision=decision)
@@ -77,5 +106,5 @@ def gate(registry_uri: str, version: str, accuracy_tolerance: float = 0.0,
     (log.info if decision["promote"] else log.warning)("promotion gate: %s (%s)",
                                                        "promoted" if decision["promote"] else "rejected",
                                                        decision["reason"])
-    markdown("promotion-decision", decision_markdown(decision), "Challenger vs champion")
+    markdown("promotion-decision", decision_markdown(decision), "Challenger vs champion on one evaluation set")
     return decision

@@ -335,7 +335,7 @@ def test_register_to_s3_registry_through_faults(proxy, s3_bucket, s3_client):
     # (GET faults only on objects larger than an error body: see test_one_busy_answer_to_a_small_read_is_retried)
     proxy.add(Fault("500", method="PUT", every=3), Fault("reset", method="POST", every=4),
               Fault("slowdown", method="HEAD", every=3),
-              Fault("503", method="GET", path=r"/model\.(keras|onnx)$|/probe", every=2))
+              Fault("503", method="GET", path=r"/model\.(keras|fast\.onnx)$|/gate_tables\.bin$|/probe", every=2))
     version = _register_via_task(uri)
     assert proxy.injected >= 5
     reg = ModelRegistry(uri)
@@ -347,7 +347,7 @@ def test_register_to_s3_registry_through_faults(proxy, s3_bucket, s3_client):
     proxy.clear()
     keys = _keys(s3_client, s3_bucket, "registry/")
     vdir = f"registry/versions/{version}/"
-    expected_files = {"model.keras", "model.onnx", "preprocessing.json", "vocabulary.json", "probe.npy",
+    expected_files = {"model.keras", "gate_tables.bin", "preprocessing.json", "vocabulary.json", "probe.npy",
                       "probe_scores.npy", "report.png", "metadata.json", "model.fast.onnx"}
     if reg.metadata(version)["int8"]["approved"]:
         expected_files |= {"model.fast-int8.onnx", "probe_scores_int8.npy"}

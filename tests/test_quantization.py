@@ -13,6 +13,7 @@ import os
 from models.fast_lstm import (
     FORMS,
     INT8_WEIGHT_MAX,
+    TABLES_FILE,
     FastLstmPredictor,
     Int8LstmPredictor,
     build_fast_onnx,
@@ -153,12 +154,17 @@ def _labelled(model, n: int = 300):
     return x, y  # labels the float32 model gets all right: accuracy 1.0
 
 
+def _stored_int8(files: dict[str, bytes]) -> Int8LstmPredictor:
+    """The int8 graph int8_export stored, with the gate tables it references."""
+    return Int8LstmPredictor(files[INT8_FILE], external_data={TABLES_FILE: files[TABLES_FILE]})
+
+
 def test_int8_export_is_approved_within_the_accuracy_bound_only():
     model = tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
     x, y = _labelled(model)
     probe = probe_batch(VOCAB, 7, n=32, seed=1)
     files, record = int8_export(model, x, y, 1.0, probe, max_drop=1.0)
-    int8 = Int8LstmPredictor(files[INT8_FILE])
+    int8 = _stored_int8(files)
     expected_accuracy = float(np.mean((int8.predict(x) >= 0.5) == y))
     assert record["approved"] and record["accuracy_int8"] == pytest.approx(expected_accuracy, abs=1e-6)
     assert record["accuracy_drop"] == pytest.approx(1.0 - expected_accuracy, abs=1e-6)
@@ -187,7 +193,7 @@ def test_int8_export_of_an_unsupported_topology_says_why():
 def test_int8_export_that_onnx_runtime_cannot_run_leaves_registration_alone(monkeypatch):
     import models.fast_lstm as fast_lstm
 
-    monkeypatch.setattr(fast_lstm, "build_fast_onnx", lambda model, precision: b"not an onnx model")
+    monkeypatch.setattr(fast_lstm, "build_fast_parts", lambda model, precision: (b"not an onnx model", b""))
     model = tiny(seed=6, maxlen=7)
     x = probe_batch(VOCAB, 7, n=20)
     files, record = int8_export(model, x, np.zeros(20, np.int8), 1.0, x)
@@ -219,7 +225,7 @@ def test_registry_serves_int8_only_when_approved_and_checks_it(int8_registry):
     reg, x = int8_registry["registry"], int8_registry["x"]
     predictor = reg.load_predictor(int8_registry["with"], kind="int8")
     assert predictor.kind == "int8"
-    np.testing.assert_array_equal(predictor.predict(x), Int8LstmPredictor(int8_registry["files"][INT8_FILE]).predict(x))
+    np.testing.assert_array_equal(predictor.predict(x), _stored_int8(int8_registry["files"]).predict(x))
     assert reg.load_predictor(int8_registry["with"]).kind == "fast", "auto stays exact"
     with pytest.raises(RegistryError, match="no approved int8 predictor .*points below"):
         reg.load_predictor(int8_registry["without"], kind="int8")
@@ -273,7 +279,7 @@ def test_score_reviews_with_the_int8_predictor(tmp_path, int8_registry, prefect_
     assert summary["rows_scored"] == 400 and summary["rows_rejected"] == 0
     got = read_output(out).sort_by("review_id").column("score").to_numpy()
     x = to_matrix(tokens, reg.preprocessing(int8_registry["with"]))
-    np.testing.assert_array_equal(got, Int8LstmPredictor(int8_registry["files"][INT8_FILE]).predict(x))
+    np.testing.assert_array_equal(got, _stored_int8(int8_registry["files"]).predict(x))
     exact = FastLstmPredictor(build_fast_onnx(int8_registry["model"])).predict(x)
     assert 0 < np.max(np.abs(got - exact)) <= 0.03
     manifest = storage.read_json(storage.resolve(out).join("_manifest.json"))

@@ -10,6 +10,7 @@ import pytest
 
 from infra import storage
 from models.architecture import build_model
+from models.fast_lstm import TABLES_FILE
 from models.predictors import KerasPredictor, check_parity, keras_reference, probe_batch
 from models.presets import TrainConfig
 from models.registry import ModelRegistry, RegistryError
@@ -49,7 +50,9 @@ def _registry_roundtrip(uri: str, model) -> None:
 
     meta = registry.metadata(v2)
     assert meta["export"]["parity_max_abs_delta"] <= 1e-5
-    assert set(meta["files"]) >= {"model.keras", "model.onnx", "preprocessing.json", "vocabulary.json"}
+    assert set(meta["files"]) >= {"model.keras", "model.fast.onnx", TABLES_FILE, "preprocessing.json",
+                                  "vocabulary.json"}
+    assert "model.onnx" not in meta["files"], "no tf2onnx export next to the exact gate-table graph"
     assert meta["preprocessing"]["maxlen"] == CONFIG.maxlen
     assert "keras" in meta["libraries"] and meta["created_at"]
 
@@ -61,8 +64,8 @@ def _registry_roundtrip(uri: str, model) -> None:
     fast = registry.load_predictor(v2)
     assert fast.kind == "fast", "auto prefers the gate-table graph"
     assert np.max(np.abs(fast.predict(x) - expected)) <= 1e-5
-    plain = registry.load_predictor(v2, kind="onnx")
-    assert plain.kind == "onnx" and np.max(np.abs(plain.predict(x) - expected)) <= 1e-5
+    with pytest.raises(RegistryError, match=f"version {v2} has no plain ONNX graph .*predictor=auto or fast"):
+        registry.load_predictor(v2, kind="onnx")
     assert registry.load_predictor(v2, kind="keras").kind == "keras"
     assert registry.preprocessing(v2).maxlen == CONFIG.maxlen
     assert registry.vocabulary(v2)["words"][0] == "w0"
@@ -95,8 +98,8 @@ def test_unfinished_registration_is_invisible(tmp_path, tiny_model):
 
 def test_tampered_file_is_refused(tmp_path, tiny_model):
     registry = ModelRegistry(str(tmp_path))
-    v1 = _register(registry, tiny_model)
-    for name, kind in (("model.onnx", "onnx"), ("model.fast.onnx", "auto")):
+    for name, kind in ((TABLES_FILE, "auto"), ("model.fast.onnx", "auto"), ("model.keras", "keras")):
+        v1 = _register(registry, tiny_model)
         path = tmp_path / "versions" / v1 / name
         path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
         with pytest.raises(RegistryError, match="checksum"):
@@ -131,18 +134,44 @@ def test_lambda_layer_is_refused(tmp_path):
         registry.load_keras(v1)
 
 
-def test_parity_failure_blocks_registration(tmp_path, tiny_model, monkeypatch):
-    # Corrupt the export step itself: a model whose ONNX graph differs from Keras must not register.
-    import models.registry as reg
+def _averaging_model(seed: int):
+    """A topology the gate-table graph does not cover: its versions are served by the plain export."""
+    import keras
 
-    other = build_model(CONFIG, INPUT_DIM)  # different random weights
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((CONFIG.maxlen,), dtype="int32")
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(INPUT_DIM, 4)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+
+
+def test_parity_failure_blocks_registration(tmp_path, monkeypatch):
+    # Corrupt the export step itself: a model whose ONNX graph differs from Keras must not register.
+    import models.onnx_export as export
+
+    other = _averaging_model(seed=2)  # different random weights
     other(np.zeros((1, CONFIG.maxlen), dtype=np.int32))
-    real_export = reg.export_onnx
-    monkeypatch.setattr(reg, "export_onnx", lambda model, path: real_export(other, path))
+    real_export = export.export_onnx
+    monkeypatch.setattr(export, "export_onnx", lambda model, path: real_export(other, path))
     registry = ModelRegistry(str(tmp_path))
     with pytest.raises(RegistryError, match="parity|differs"):
-        _register(registry, tiny_model)
+        _register(registry, _averaging_model(seed=1))
     assert registry.versions() == [] and registry.champion() is None
+
+
+def test_a_topology_without_gate_table_graph_gets_the_plain_export(tmp_path):
+    model = _averaging_model(seed=1)
+    registry = ModelRegistry(str(tmp_path))
+    version = _register(registry, model)
+    meta = registry.metadata(version)
+    assert "model.onnx" in meta["files"] and "model.fast.onnx" not in meta["files"] and TABLES_FILE not in meta["files"]
+    assert meta["export"]["plain"].startswith("model.onnx (tf2onnx)") and meta["export"]["parity_max_abs_delta"] <= 1e-5
+    x = probe_batch(INPUT_DIM, CONFIG.maxlen, n=40, seed=3)
+    for kind in ("auto", "onnx"):
+        predictor = registry.load_predictor(version, kind=kind)
+        assert predictor.kind == "onnx"
+        np.testing.assert_allclose(predictor.predict(x), keras_reference(model, x), atol=1e-5, rtol=0)
+    with pytest.raises(RegistryError, match="has no fast predictor"):
+        registry.load_predictor(version, kind="fast")
 
 
 def test_check_parity_detects_drift(tiny_model):

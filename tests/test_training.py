@@ -243,10 +243,11 @@ def test_shipped_architectures_register_with_onnx_parity(tmp_path, preset):
     # Masked [stacked] BiLSTMs with ReLU and max pooling get the gate-table graph too.
     assert meta["export"]["fast"].startswith("model.fast.onnx"), meta["export"]
     x = _reviews(50, config.maxlen, "pre", seed=9)
-    for kind in ("auto", "onnx"):
+    for kind in ("auto", "fast"):
         predictor = registry.load_predictor(version, kind=kind)
-        assert predictor.kind == {"auto": "fast", "onnx": "onnx"}[kind]
+        assert predictor.kind == "fast"
         np.testing.assert_allclose(predictor.predict(x), keras_reference(model, x), atol=1e-5, rtol=0)
+    assert "model.onnx" not in meta["files"], meta["export"]["plain"]
 
 
 def test_predict_scores_buckets_masked_models_exactly():

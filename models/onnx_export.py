@@ -1,0 +1,65 @@
+"""The ONNX graphs a registered version is served from, each parity-checked against Keras.
+
+* the gate-table graph (:mod:`models.fast_lstm`) when the topology allows it and parity holds:
+  ``model.fast.onnx`` with its gate tables in :data:`~models.fast_lstm.TABLES_FILE` (ONNX
+  external data, shared with the int8 graph of :mod:`models.quantization`);
+* otherwise the plain tf2onnx export, ``model.onnx``.  Not when the gate-table graph exists:
+  tf2onnx is what made registering a seed-size model need 8.5 GB and a minute
+  (``bench/registration.py``), for a graph that ``auto`` never serves next to the exact one.
+  Versions registered before kept both; ``predictor="onnx"`` serves theirs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from models.predictors import (
+    OnnxPredictor,
+    ParityError,
+    check_parity,
+    export_onnx,
+    rows_per_batch,
+)
+
+FAST_FILE = "model.fast.onnx"
+PLAIN_FILE = "model.onnx"
+PLAIN_SKIPPED = f"not exported: {FAST_FILE} is exact"
+
+
+def _fast_graph(model, probe: np.ndarray, reference: np.ndarray,
+                tables: bytes | None) -> tuple[dict[str, bytes], str, float | None]:
+    from models.fast_lstm import TABLES_FILE, FastLstmPredictor, build_fast_parts
+
+    try:
+        graph, tables = build_fast_parts(model, tables=tables)
+        predictor = FastLstmPredictor(graph, batch_size=rows_per_batch(int(probe.shape[1])),
+                                      external_data={TABLES_FILE: tables})
+        delta = check_parity(predictor, probe, reference)
+    except (ValueError, ParityError) as exc:
+        return {}, f"not exported: {str(exc).splitlines()[0]}", None
+    return {FAST_FILE: graph, TABLES_FILE: tables}, f"{FAST_FILE}, parity max |delta| = {delta:.3g}", delta
+
+
+def inference_graphs(model, probe: np.ndarray, reference: np.ndarray,
+                     tables: bytes | None = None) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """(files, the ``export`` record of metadata.json) for ``model``, whose Keras scores on
+    ``probe`` are ``reference``.  ParityError when the plain export is needed and differs.
+
+    ``tables``: the gate tables of the model's int8 graph (models.quantization), reused instead
+    of computed again; the float32 graph's parity against Keras checks them."""
+    files, fast_note, parity = _fast_graph(model, probe, reference, tables)
+    plain_note = f"{PLAIN_SKIPPED}; serve with predictor auto, fast or keras"
+    if not files:
+        with tempfile.TemporaryDirectory(prefix="reviews-onnx-") as tmp:
+            path = os.path.join(tmp, PLAIN_FILE)
+            export_onnx(model, path)
+            with open(path, "rb") as f:
+                files[PLAIN_FILE] = f.read()
+        parity = check_parity(OnnxPredictor(files[PLAIN_FILE]), probe, reference)
+        plain_note = f"{PLAIN_FILE} (tf2onnx), parity max |delta| = {parity:.3g}"
+    return files, {"format": "onnx", "parity_max_abs_delta": parity, "probe_rows": int(len(probe)),
+                   "fast": fast_note, "plain": plain_note}
