@@ -16,6 +16,7 @@ predictions are read back from there.  Nothing is mocked.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -384,6 +385,11 @@ def test_nightly_deployment_has_its_cron_schedule(stack: Stack):
     assert nightly["global_concurrency_limit"]["limit"] == 1
     assert nightly["concurrency_options"]["collision_strategy"] in ("ENQUEUE", "CANCEL_NEW")
     assert nightly["enforce_parameter_schema"] is True
+    # Every preset is offered, and the training settings are one schema generated from TrainConfig.
+    schema = nightly["parameter_openapi_schema"]
+    assert schema["properties"]["preset"]["enum"] == ["seed", "default", "deep"]
+    assert {"maxlen", "lstm_layers", "bidirectional"} <= set(schema["definitions"]["TrainOverrides"]["properties"])
+    assert nightly["parameters"]["preset"] == "default"
 
 
 def test_nightly_retrain_registers_and_gates_a_new_version(stack: Stack):
@@ -392,12 +398,19 @@ def test_nightly_retrain_registers_and_gates_a_new_version(stack: Stack):
     registry = ModelRegistry(stack.registry)
     before = {v["version"] for v in registry.versions()}
     champion_before = registry.champion()
-    r = stack.run_deployment("retrain-sentiment/nightly", f"data={stack.npz}", "epochs=1", "maxlen=8",
-                             "embedding_dim=8", "lstm_units=4", "num_words=60")
+    # Training settings travel as one `overrides` mapping (TrainConfig's fields), checked by the schema.
+    overrides = {"epochs": 1, "maxlen": 8, "embedding_dim": 8, "lstm_units": 4, "num_words": 60}
+    deployment = stack.deployment("retrain-sentiment", "nightly")
+    runs_before = stack.flow_run_count(deployment["id"])
+    refused = stack.run_deployment("retrain-sentiment/nightly", 'overrides={"epochz": 1}')
+    assert refused.returncode != 0 and "epochz" in refused.stdout + refused.stderr
+    assert stack.flow_run_count(deployment["id"]) == runs_before, "refused when created, never half-run"
+    r = stack.run_deployment("retrain-sentiment/nightly", f"data={stack.npz}", f"overrides={json.dumps(overrides)}")
     assert r.returncode == 0, r.stdout + r.stderr + stack.logs()
     assert "Completed" in r.stdout
     run = stack.get(f"/flow_runs/{_flow_run_id(r.stdout)}")
     assert "nightly" in run["tags"]
+    assert run["parameters"]["preset"] == "default" and run["parameters"]["overrides"] == overrides
 
     new = [v for v in registry.versions() if v["version"] not in before]
     assert len(new) == 1, [v["version"] for v in registry.versions()]
@@ -424,3 +437,88 @@ def test_nightly_schedule_is_configurable_at_deploy_time(stack: Stack):
     # Redeploying replaces the schedule; it does not add a second one.
     assert [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in nightly["schedules"]] \
         == [("30 4 * * 1-5", "Europe/Berlin")]
+
+
+def test_nightly_loop_on_the_deployed_stack(stack: Stack, tmp_path_factory):
+    """Issue 15's loop through the deployed `retrain-sentiment/nightly` on the real server and
+    worker, with its own registry on the S3 server: train and promote; skip a night with nothing
+    new; train on labelled rows that landed in S3 and gate on the shared evaluation set; reject a
+    weaker config with its interval; prune keeps the champion and the rollback history."""
+    from models.registry import ModelRegistry
+    from tests.test_imdb_sources import write_tgz
+    from tests.test_labelled_data import write_labelled
+    from tests.test_nightly_loop import labelled_rows
+    from tests.test_retrain_flow import BAD, GOOD, _reviews
+
+    rng = np.random.default_rng(3)
+    blocks = [(_reviews(rng, BAD, 40), 0), (_reviews(rng, BAD, 40), 0), (_reviews(rng, GOOD, 40), 1),
+              (_reviews(rng, GOOD, 40), 1)]
+    data = str(write_tgz(tmp_path_factory.mktemp("loop-data") / "tiny.tgz",
+                         reviews=[{"t": t, "s": s} for texts, s in blocks for t in texts]))
+    registry_uri = f"{stack.bucket}/loop-registry"
+    registry = ModelRegistry(registry_uri)
+    tiny = {"epochs": 2, "maxlen": 12, "embedding_dim": 8, "lstm_units": 4, "num_words": 60,
+            "validation_split": 0.0, "early_stopping_patience": None, "seed": 1}
+
+    def night(*params: str) -> dict[str, Any]:
+        r = stack.run_deployment("retrain-sentiment/nightly", f"registry={registry_uri}", f"data={data}", *params)
+        assert r.returncode == 0 and "Completed" in r.stdout, r.stdout + r.stderr + stack.logs()
+        run = stack.get(f"/flow_runs/{_flow_run_id(r.stdout)}")
+        assert run["state_type"] == "COMPLETED"
+        return run
+
+    def gates() -> list[dict[str, Any]]:
+        return [a for a in registry.audit_log() if a.get("action") == "gate"]
+
+    # Night 1: the first version trains and becomes champion.
+    night(f"overrides={json.dumps(tiny)}")
+    (first,) = registry.versions()
+    assert registry.champion() == first["version"]
+
+    # Night 2: nothing new - skipped, no TensorFlow work, in well under a minute of run time.
+    run = night(f"overrides={json.dumps(tiny)}")
+    assert [v["version"] for v in registry.versions()] == [first["version"]]
+    assert run["total_run_time"] < 60, run["total_run_time"]
+    skips = [a for a in registry.audit_log() if a.get("action") == "skip"]
+    assert len(skips) == 1 and first["version"] in json.dumps(skips[0])
+    assert run["name"].endswith("-skipped")
+
+    # Night 3: labelled rows land in S3; the run trains on them and the gate scores both versions
+    # on one evaluation set (IMDB test + the labelled holdout).
+    ids, labels, texts = labelled_rows(seed=8, n=120, first_id=1)
+    landed = write_labelled(f"{stack.bucket}/labelled/day1.parquet", ids, labels, texts)
+    night(f"overrides={json.dumps(tiny)}", f'labelled={json.dumps([f"{stack.bucket}/labelled/"])}')
+    third = next(v for v in registry.versions() if v["version"] != first["version"])
+    listed = json.dumps(third)
+    assert landed in listed or "labelled/day1.parquet" in listed, "the version's lineage names the file"
+    holdout_rows = third["data"]["holdout_rows"]
+    assert 0 < holdout_rows < 120
+    decision = gates()[-1]
+    assert decision["challenger"] == third["version"] and decision["champion"] == first["version"]
+    assert decision["comparison"]["n"] == third["data"]["test_rows"] + holdout_rows
+    champion = registry.champion()
+
+    # Night 4: a deliberately weaker config (one unit, a 1-wide embedding, 2 tokens) is rejected
+    # with its confidence interval; the champion stays.
+    weak = dict(tiny, epochs=1, maxlen=2, embedding_dim=1, lstm_units=1, learning_rate=1e-5)
+    night(f"overrides={json.dumps(weak)}", f'labelled={json.dumps([f"{stack.bucket}/labelled/"])}')
+    decision = gates()[-1]
+    assert decision["promote"] is False, decision
+    lo, hi = decision["comparison"]["accuracy_difference_ci95"]
+    assert lo <= decision["comparison"]["accuracy_difference"] <= hi
+    assert registry.champion() == champion
+    rejected = decision["challenger"]
+    night(f"overrides={json.dumps(dict(weak, seed=2))}", f'labelled={json.dumps([f"{stack.bucket}/labelled/"])}')
+    newest = gates()[-1]["challenger"]
+    assert newest != rejected and registry.champion() == champion
+
+    # Prune to one version: the newest, the champion and its rollback history survive; the older
+    # rejected version goes.
+    r = subprocess.run([str(Path(sys.executable).parent / "reviews"), "models", "prune", "--keep", "1",
+                        "--registry", registry_uri], env=dict(os.environ), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    kept = {v["version"] for v in registry.versions()}
+    assert kept == {newest, champion, *registry.champion_history()}, (kept, champion, registry.champion_history())
+    assert first["version"] in kept and rejected not in kept
+    assert [a for a in registry.audit_log() if a.get("action") == "prune"]
