@@ -17,7 +17,7 @@ from models.labelled_data import LabelledSet, judge_labelled
 from models.preprocessing import Preprocessing, lengths, to_matrix
 from models.presets import TrainConfig
 from models.training import validation_split
-from tasks.lineage import retry_if_transient
+from tasks.retries import retry_if_transient
 from tasks.reporting import logger, table
 
 

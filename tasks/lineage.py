@@ -7,7 +7,6 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra import storage
 from infra.code_version import running_code_version
 from infra.imdb import ImdbData
 from infra.labelled_inputs import list_labelled
@@ -15,15 +14,7 @@ from models.data_snapshot import RunInputs, skip_markdown, snapshot, unchanged
 from models.presets import TrainConfig
 from models.registry import ModelRegistry
 from tasks.reporting import logger, markdown
-
-
-def retry_if_transient(task, task_run, state) -> bool:
-    """Retry a throttled or dropped storage request, not a missing or malformed file."""
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - the state's own exception is what we classify
-        return storage.is_transient(exc)
-    return False
+from tasks.retries import retry_if_transient
 
 
 @task(name="data-snapshot", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],

@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
 from infra import dumps, progress, storage
 from models import output_accounting as accounting
@@ -29,22 +28,11 @@ from models.scoring import (
     score_batch,
 )
 from tasks.reporting import logger, markdown, table
+from tasks.retries import TRANSIENT_RETRIES
 
 
 class ScoringError(RuntimeError):
     """The scoring run cannot go on or must fail (mixed outputs, too many rejects)."""
-
-
-def _retry_if_transient(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - the state's own exception is what we classify
-        return storage.is_transient(exc)
-    return False
-
-
-TRANSIENT_RETRIES = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=1),
-                         retry_jitter_factor=0.5, retry_condition_fn=_retry_if_transient)
 
 
 @task(name="resolve-model", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
