@@ -17,9 +17,9 @@ rotating order), reported as medians over ``--repeat`` rounds:
 * ``onnx``: ONNX Runtime on the plain export (``model.export(format="onnx")``), :class:`OnnxPredictor`
   (one run at a time, ONNX Runtime's intra-op threads);
 * ``onnx-batch-parallel``: the same plain graph, batches run concurrently on one thread each
-  (:class:`models.fast_lstm.BatchParallelOnnxPredictor`, the fast predictor's scheduling) - so
+  (:class:`models.fast_predictors.BatchParallelOnnxPredictor`, the fast predictor's scheduling) - so
   ``fast/onnx-batch-parallel`` is the gain of the graph alone;
-* ``fast-<form>``: :class:`models.fast_lstm.FastLstmPredictor` on the gate-table graph, per ``--forms``;
+* ``fast-<form>``: :class:`models.fast_predictors.FastLstmPredictor` on the gate-table graph, per ``--forms``;
 * ``roofline``: a 2048 x 2048 @ 2048 x 2048 float32 numpy matmul: GFLOP/s, turned into the
   reviews/s a machine doing nothing but the plain model's FLOPs at that rate would reach
   (per review: maxlen x 4U(E+U) x 2).
@@ -175,7 +175,9 @@ def rounds(runners: dict[str, Callable[[], Any]], repeat: int) -> dict[str, list
 def bench_maxlen(maxlen: int, args, reviews) -> dict[str, Any]:
     import numpy as np
 
-    from models.fast_lstm import BatchParallelOnnxPredictor, FastLstmPredictor, build_fast_onnx, describe
+    from models.fast_predictors import BatchParallelOnnxPredictor, FastLstmPredictor
+    from models.gate_graph import build_fast_onnx
+    from models.lstm_spec import describe
     from models.predictors import OnnxPredictor, keras_reference
     from models.presets import get_preset
 
@@ -265,7 +267,9 @@ def length_aware_section(maxlens: list[int], args, reviews) -> dict[str, Any]:
     """Step savings on the real length distribution, and a measured masked variant."""
     import numpy as np
 
-    from models.fast_lstm import FastLstmPredictor, build_fast_onnx, window_steps
+    from models.batching import window_steps
+    from models.fast_predictors import FastLstmPredictor
+    from models.gate_graph import build_fast_onnx
     from models.predictors import rows_per_batch
     from models.presets import get_preset
     from models.preprocessing import lengths, to_matrix

@@ -59,7 +59,8 @@ def _auc(y, s) -> float:
 def bench_model(ref: str, imdb, repeat: int) -> dict[str, Any]:
     import numpy as np
 
-    from models.fast_lstm import FastLstmPredictor, Int8LstmPredictor, build_fast_onnx
+    from models.fast_predictors import FastLstmPredictor, Int8LstmPredictor
+    from models.gate_graph import build_fast_onnx
     from models.predictors import rows_per_batch
     from models.preprocessing import to_matrix
     from models.registry import ModelRegistry

@@ -289,7 +289,8 @@ def child_flops(spec: dict[str, Any]) -> dict[str, Any]:
     runs).  Nothing here is timed."""
     import pyarrow.dataset as ds
 
-    from models.fast_lstm import describe, window_exact, window_steps
+    from models.batching import window_steps
+    from models.lstm_spec import describe, window_exact
     from models.predictors import rows_per_batch
     from models.preprocessing import to_matrix
     from models.registry import ModelRegistry

@@ -1,7 +1,7 @@
 """The ONNX graphs a registered version is served from, each parity-checked against Keras.
 
-* the gate-table graph (:mod:`models.fast_lstm`) when the topology allows it and parity holds:
-  ``model.fast.onnx`` with its gate tables in :data:`~models.fast_lstm.TABLES_FILE` (ONNX
+* the gate-table graph (:mod:`models.gate_graph`) when the topology allows it and parity holds:
+  ``model.fast.onnx`` with its gate tables in :data:`~models.onnx_graph.TABLES_FILE` (ONNX
   external data, shared with the int8 graph of :mod:`models.quantization`);
 * otherwise the plain tf2onnx export, ``model.onnx``.  Not when the gate-table graph exists:
   tf2onnx is what made registering a seed-size model need 8.5 GB and a minute
@@ -32,7 +32,9 @@ PLAIN_SKIPPED = f"not exported: {FAST_FILE} is exact"
 
 def _fast_graph(model, probe: np.ndarray, reference: np.ndarray,
                 tables: bytes | None) -> tuple[dict[str, bytes], str, float | None]:
-    from models.fast_lstm import TABLES_FILE, FastLstmPredictor, build_fast_parts
+    from models.fast_predictors import FastLstmPredictor
+    from models.gate_graph import build_fast_parts
+    from models.onnx_graph import TABLES_FILE
 
     try:
         graph, tables = build_fast_parts(model, tables=tables)

@@ -1,6 +1,6 @@
 """int8 inference: the gate-table graph with int8 step products, approved per model version.
 
-The int8 graph (:data:`models.fast_lstm.PRECISIONS`) is not exact, so a version only gets one
+The int8 graph (:mod:`models.int8_maths`) is not exact, so a version only gets one
 when, on the labelled test reviews it was evaluated on, its accuracy is at most
 :data:`MAX_ACCURACY_DROP` below the float32 model's.  Its own scores on the registration probe
 are stored with it: whenever it is loaded it must reproduce them (its arithmetic is integer,
@@ -15,13 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from models.npy import npy_bytes
+
 INT8_FILE = "model.fast-int8.onnx"
 INT8_PROBE_SCORES = "probe_scores_int8.npy"
 # The issue's bound: int8 only where it costs at most 0.2 points of test accuracy.
 MAX_ACCURACY_DROP = 0.002
 # The int8 graph's arithmetic, recorded with every approved graph.  2: weights in [-64, 64], so
 # that no u8 x s8 kernel saturates and the scores do not depend on the CPU's instruction set
-# (models.fast_lstm.INT8_WEIGHT_MAX).  Graphs without it (full-range weights, which give other
+# (models.int8_maths.INT8_WEIGHT_MAX).  Graphs without it (full-range weights, which give other
 # scores on CPUs without VNNI) are never served.
 INT8_SCHEME = 2
 
@@ -44,11 +46,12 @@ def int8_export(model, x_test: np.ndarray, y_test: np.ndarray, accuracy: float, 
     ``accuracy``: the float32 model's accuracy on (``x_test``, ``y_test``).  No files when the
     topology has no gate-table graph, when there are no labelled reviews to measure on, or when
     the int8 graph loses more than ``max_drop`` accuracy; the record says which, with figures.
-    The graph's gate tables are external data (:func:`models.fast_lstm.build_fast_parts`): the
-    files include :data:`~models.fast_lstm.TABLES_FILE`, the same bytes as the float32 graph's."""
-    from models.fast_lstm import TABLES_FILE, Int8LstmPredictor, build_fast_parts
+    The graph's gate tables are external data (:func:`models.gate_graph.build_fast_parts`): the
+    files include :data:`~models.onnx_graph.TABLES_FILE`, the same bytes as the float32 graph's."""
+    from models.fast_predictors import Int8LstmPredictor
+    from models.gate_graph import build_fast_parts
+    from models.onnx_graph import TABLES_FILE
     from models.predictors import rows_per_batch
-    from models.registry import npy_bytes  # here: the registry imports this module's file names
 
     record: dict[str, Any] = {"approved": False, "max_accuracy_drop": max_drop, "scheme": INT8_SCHEME}
     if not len(x_test):

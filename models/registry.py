@@ -5,7 +5,7 @@ Layout under the registry root::
     versions/<version>/model.keras          Keras model (loaded with safe_mode=True only)
                       /preprocessing.json   maxlen, padding, truncating, num_words, skip_top, ...
                       /vocabulary.json      train-split vocabulary (absent for index-only data)
-                      /model.fast.onnx      the gate-table graph (models.fast_lstm), when the topology allows,
+                      /model.fast.onnx      the gate-table graph (models.gate_graph), when the topology allows,
                       /gate_tables.bin      its gate tables (ONNX external data, shared with the int8 graph;
                                             versions registered before embed them in each graph)
                       /model.onnx           the plain tf2onnx export, only when there is no gate-table graph
@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from infra import storage
-from models.fast_lstm import TABLES_FILE
+from models.npy import npy_bytes
 from models.onnx_export import FAST_FILE, PLAIN_FILE, inference_graphs
+from models.onnx_graph import TABLES_FILE
 from models.predictors import (
     KerasPredictor,
     OnnxPredictor,
@@ -63,12 +64,6 @@ class RegistryError(RuntimeError):
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
 
 
 def _now() -> str:
@@ -286,7 +281,7 @@ class ModelRegistry:
             TABLES_FILE in files and kind in ("auto", "fast", "int8")) else None
         predictor: Predictor
         if kind == "int8":
-            from models.fast_lstm import Int8LstmPredictor
+            from models.fast_predictors import Int8LstmPredictor
 
             if INT8_FILE not in meta.get("files", {}):
                 why = meta.get("int8", {}).get("reason", "registered before int8 export existed")
@@ -298,7 +293,7 @@ class ModelRegistry:
                                           external_data=tables)
             reference = self._read_npy(version, INT8_PROBE_SCORES, meta)
         elif kind in ("auto", "fast") and FAST_FILE in files:
-            from models.fast_lstm import FastLstmPredictor
+            from models.fast_predictors import FastLstmPredictor
 
             predictor = FastLstmPredictor(self.read_file(version, FAST_FILE, meta), batch_size=batch,
                                           external_data=tables)

@@ -14,7 +14,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_loop import Loop as _ReferenceLoop
 
-from models.fast_lstm import DENSE_NAME, INPUT_NAME, WINDOW_NAME
+from models.gate_graph import DENSE_NAME, INPUT_NAME, WINDOW_NAME
 
 
 class MatMulIntegerToFloat(OpRun):
@@ -64,7 +64,7 @@ _EMULATED_SCRIPT = """
 import sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from models.fast_lstm import Int8LstmPredictor
+from models.fast_predictors import Int8LstmPredictor
 x = np.load(sys.argv[3])
 with open(sys.argv[2], "rb") as f:
     scores = Int8LstmPredictor(f.read(), batch_size=int(sys.argv[5])).predict(x)

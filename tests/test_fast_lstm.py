@@ -1,4 +1,4 @@
-"""The gate-table LSTM graph (models/fast_lstm.py) against Keras' own ``model.predict``.
+"""The gate-table LSTM graph (models/gate_graph.py, models/fast_predictors.py) against Keras' own ``model.predict``.
 
 Tiny models (vocabulary 30, embedding 5, 3 units) with weights scaled up so that gates
 saturate differently per token: any slip in gate order, masking or direction shows as a
@@ -14,20 +14,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pytest
 
-from models.fast_lstm import (
-    DENSE_NAME,
-    FORMS,
-    LAYOUTS,
-    WINDOW_NAME,
-    BatchParallelOnnxPredictor,
-    FastLstmPredictor,
-    build_fast_onnx,
-    dense_span,
-    describe,
-    padding_window,
-    window_exact,
-    window_steps,
-)
+from models.batching import dense_span, padding_window, window_steps
+from models.fast_predictors import BatchParallelOnnxPredictor, FastLstmPredictor
+from models.gate_graph import DENSE_NAME, FORMS, LAYOUTS, WINDOW_NAME, build_fast_onnx
+from models.lstm_spec import describe, window_exact
 from models.predictors import check_parity, keras_reference, probe_batch
 from models.presets import TrainConfig
 

@@ -11,13 +11,9 @@ import numpy as np
 import onnx
 import pytest
 
-from models.fast_lstm import (
-    TABLES_FILE,
-    FastLstmPredictor,
-    Int8LstmPredictor,
-    build_fast_onnx,
-    build_fast_parts,
-)
+from models.fast_predictors import FastLstmPredictor, Int8LstmPredictor
+from models.gate_graph import build_fast_onnx, build_fast_parts
+from models.onnx_graph import TABLES_FILE
 from models.predictors import export_onnx, keras_reference, probe_batch
 from models.quantization import INT8_FILE, int8_export
 from models.registry import ModelRegistry, RegistryError

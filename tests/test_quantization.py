@@ -10,15 +10,10 @@ import pytest
 
 import os
 
-from models.fast_lstm import (
-    FORMS,
-    INT8_WEIGHT_MAX,
-    TABLES_FILE,
-    FastLstmPredictor,
-    Int8LstmPredictor,
-    build_fast_onnx,
-    quantize_columns,
-)
+from models.fast_predictors import FastLstmPredictor, Int8LstmPredictor
+from models.gate_graph import FORMS, build_fast_onnx
+from models.int8_maths import INT8_WEIGHT_MAX, quantize_columns
+from models.onnx_graph import TABLES_FILE
 from models.predictors import probe_batch
 from models.quantization import INT8_FILE, INT8_PROBE_SCORES, INT8_SCHEME, int8_export
 from models.registry import ModelRegistry, RegistryError
@@ -109,14 +104,14 @@ def test_int8_scores_on_an_emulated_cpu_without_vnni_equal_the_reference(tmp_pat
         if os.environ.get("CI"):
             pytest.fail("qemu-x86_64 is missing: .ci/run installs qemu-user for this test")
         pytest.skip("qemu-x86_64 (Debian's qemu-user) is not installed")
-    import models.fast_lstm as fast_lstm
+    import models.int8_maths as int8_maths
 
     model = tiny(seed=5, maxlen=7, **DEFAULT_LIKE)
     x = inputs(7)
     data = build_fast_onnx(model, precision="int8")
     np.testing.assert_allclose(emulated_predict(data, x, tmp_path), reference_predict(data, x), rtol=0, atol=1e-6)
 
-    monkeypatch.setattr(fast_lstm, "INT8_WEIGHT_MAX", 127)
+    monkeypatch.setattr(int8_maths, "INT8_WEIGHT_MAX", 127)
     full_range = build_fast_onnx(model, precision="int8")
     saturated = np.abs(emulated_predict(full_range, x, tmp_path) - reference_predict(full_range, x)).max()
     assert saturated > 1e-3, f"{EMULATED_CPU}: a full-range int8 graph should saturate, max |delta| {saturated}"
@@ -191,9 +186,9 @@ def test_int8_export_of_an_unsupported_topology_says_why():
 
 
 def test_int8_export_that_onnx_runtime_cannot_run_leaves_registration_alone(monkeypatch):
-    import models.fast_lstm as fast_lstm
+    import models.gate_graph as gate_graph
 
-    monkeypatch.setattr(fast_lstm, "build_fast_parts", lambda model, precision: (b"not an onnx model", b""))
+    monkeypatch.setattr(gate_graph, "build_fast_parts", lambda model, precision: (b"not an onnx model", b""))
     model = tiny(seed=6, maxlen=7)
     x = probe_batch(VOCAB, 7, n=20)
     files, record = int8_export(model, x, np.zeros(20, np.int8), 1.0, x)

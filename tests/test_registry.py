@@ -10,7 +10,7 @@ import pytest
 
 from infra import storage
 from models.architecture import build_model
-from models.fast_lstm import TABLES_FILE
+from models.onnx_graph import TABLES_FILE
 from models.predictors import KerasPredictor, check_parity, keras_reference, probe_batch
 from models.presets import TrainConfig
 from models.registry import ModelRegistry, RegistryError
