@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                                 workdir, "register", env, check_rows=False)
     log(f"registered a random {args.preset} model (maxlen {maxlen}) as {reg['version']} ({reg['seconds']:.1f} s)")
 
-    from infra.imdb import load_imdb
+    from models.imdb_dataset import load_imdb
 
     imdb = load_imdb(args.data)
     dump = score_bench.write_bench_dump(imdb, args.rows, args.files, args.row_group_rows,

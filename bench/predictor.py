@@ -96,7 +96,7 @@ def load_reviews(data: str):
     try:
         import pyarrow as pa
 
-        from infra.imdb import load_imdb
+        from models.imdb_dataset import load_imdb
 
         d = load_imdb()
     except Exception as exc:  # noqa: BLE001 - a benchmark falls back to random rows

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=DEFAULT_JSON)
     args = p.parse_args(argv)
 
-    from infra.imdb import load_imdb
+    from models.imdb_dataset import load_imdb
 
     imdb = load_imdb(args.data)
     results = []

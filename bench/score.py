@@ -11,7 +11,7 @@ Set-up (not measured; the model is built and registered in a child process of it
   production); one model per ``--maxlen``.  ``--registry DIR`` benchmarks that registry's
   ``--model`` (default: champion) instead.
 * review dumps: the 50,000 real IMDB token sequences (train + test) repeated and shuffled up to
-  ``--rows`` with new ``review_id`` values, written with :func:`infra.reviews_dump.write_dump` into
+  ``--rows`` with new ``review_id`` values, written with :func:`infra.dump_writer.write_dump` into
   ``--files`` Parquet files with ``--row-group-rows`` row groups.
 
 Measured, each in its own fresh Python process (so peak RSS belongs to one pipeline):
@@ -19,6 +19,9 @@ Measured, each in its own fresh Python process (so peak RSS belongs to one pipel
 * ``ours``: ``score_reviews(input, output, model=<version>, registry=...)``, Parquet -> Parquet.
   The child first runs an empty flow so the ephemeral Prefect API is up before the timed call:
   ``prefect_startup_s`` is that warm-up, ``flow_call_s`` the scoring flow call alone.
+* ``cli``: ``reviews score INPUT OUTPUT --registry ... --model <version>`` (``flows.cli.main``) with no
+  Prefect API, so untracked and with no Prefect server: the whole-process figure a user sees.
+  Its whole-process throughput against ``naive``'s is printed as the untracked CLI's ratio.
 * ``naive``: ``pandas.read_parquet`` of the dump -> ``keras.utils.pad_sequences`` ->
   ``model.predict(batch_size=--naive-batch-size)`` with the registry's Keras model ->
   ``df[["review_id"]].assign(score=...).to_parquet``.
@@ -173,7 +176,7 @@ def write_bench_dump(imdb, rows: int, files: int, row_group_rows: int, out_dir: 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from infra.reviews_dump import dump_table, write_dump
+    from infra.dump_writer import dump_table, write_dump
 
     tokens = pa.concat_arrays([imdb.train_tokens, imdb.test_tokens])
     labels = np.concatenate([imdb.train_labels, imdb.test_labels])
@@ -216,6 +219,36 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
             "prefect_server_cpu_s": server_cpu_s,
             "rows_in": summary["rows_in"], "rows_scored": summary["rows_scored"],
             "rows_rejected": summary["rows_rejected"], "rss_before_work_mb": rss_before}
+
+
+def child_cli(spec: dict[str, Any]) -> dict[str, Any]:
+    """``reviews score`` as a user runs it with no Prefect API: untracked, no Prefect server.
+
+    ``flows.cli.main`` is what the ``reviews`` script calls; the child's whole process (interpreter
+    start to exit) is what the parent times as ``process_s``.
+    """
+    import contextlib
+    import io
+
+    t0 = time.perf_counter()
+    from flows.cli import main
+    import_s = time.perf_counter() - t0
+    rss_before = current_rss_mb()
+    argv = ["score", spec["input"], spec["output"], "--registry", spec["registry"], "--model", spec["version"],
+            "--batch-size", str(spec["batch_size"]), "--predictor", spec.get("predictor", "auto")]
+    stdout = io.StringIO()
+    c0, t = cpu_s(), time.perf_counter()
+    with contextlib.redirect_stdout(stdout):
+        code = main(argv)
+    work_s, work_cpu_s = time.perf_counter() - t, cpu_s() - c0
+    if code != 0:
+        raise SystemExit(f"reviews score exited with {code}")
+    summary = json.loads(stdout.getvalue().strip().splitlines()[-1])
+    return {"import_s": import_s, "work_s": work_s, "work_cpu_s": work_cpu_s, "flow_body_s": summary["seconds"],
+            "rows_in": summary["rows_in"], "rows_scored": summary["rows_scored"],
+            "rows_rejected": summary["rows_rejected"], "rss_before_work_mb": rss_before,
+            "prefect_server_module_loaded": "prefect.server.api.server" in sys.modules,
+            "tensorflow_imported": "tensorflow" in sys.modules}
 
 
 def child_naive(spec: dict[str, Any]) -> dict[str, Any]:
@@ -275,7 +308,7 @@ def child_prefect_init(spec: dict[str, Any]) -> dict[str, Any]:
 def child_register(spec: dict[str, Any]) -> dict[str, Any]:
     """Builds and registers the benchmark model.  In a child of its own because TensorFlow and the
     ONNX export of an 88,079 x 300 embedding leave many GB resident, which the parent must not keep."""
-    from infra.imdb import load_imdb
+    from models.imdb_dataset import load_imdb
 
     imdb = load_imdb(spec["data"])
     t = time.perf_counter()
@@ -294,7 +327,7 @@ def child_flops(spec: dict[str, Any]) -> dict[str, Any]:
     from models.predictors import rows_per_batch
     from models.preprocessing import to_matrix
     from models.registry import ModelRegistry
-    from tasks.scoring import record_batch_rows
+    from models.scoring_steps import record_batch_rows
 
     registry = ModelRegistry(spec["registry"])
     net = describe(registry.load_keras(spec["version"]))
@@ -321,7 +354,7 @@ def child_sgemm(spec: dict[str, Any]) -> dict[str, Any]:
             "sgemm_gflops": statistics.median(run() for _ in range(5))}
 
 
-CHILDREN = {"ours": child_ours, "naive": child_naive, "prefect-init": child_prefect_init,
+CHILDREN = {"ours": child_ours, "cli": child_cli, "naive": child_naive, "prefect-init": child_prefect_init,
             "register": child_register, "flops": child_flops, "sgemm": child_sgemm}
 
 
@@ -513,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     env.update(PREFECT_HOME=os.path.join(workdir, "prefect-home"), TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
 
-    from infra.imdb import load_imdb
+    from models.imdb_dataset import load_imdb
     from models.presets import get_preset
     from models.registry import ModelRegistry
 
@@ -570,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         name = case["name"]
         base = {"registry": case["registry"], "version": case["version"], "batch_size": args.batch_size,
                 "naive_batch_size": args.naive_batch_size, "predictor": args.predictor}
-        jobs = {"ours": ("ours", dumps[case["rows"]]), "naive": ("naive", dumps[case["rows"]])}
+        jobs = {"ours": ("ours", dumps[case["rows"]]), "cli": ("cli", dumps[case["rows"]]),
+                "naive": ("naive", dumps[case["rows"]])}
         if i == 0 and args.flat_rows:
             jobs["flat"] = ("ours", dumps[args.flat_rows])
         runs: dict[str, list[dict[str, Any]]] = {job: [] for job in jobs}
@@ -589,12 +623,20 @@ def main(argv: list[str] | None = None) -> int:
             # The roofline of this round, measured right after its pipelines.
             sgemm.append(run_child("sgemm", {"rows": 0}, workdir, f"{name}-sgemm-{rep + 1}", env,
                                    check_rows=False)["sgemm_gflops"])
-        ours, naive = combine(runs["ours"]), combine(runs["naive"])
+        ours, naive, cli = combine(runs["ours"]), combine(runs["naive"]), combine(runs["cli"])
         # Each round's ours and naive runs are back to back, so their ratio shares the machine's mood.
         paired = [o["work_reviews_per_s"] / n["work_reviews_per_s"] for o, n in zip(runs["ours"], runs["naive"])]
         delta, joined = max_score_delta(ours["output"], naive["output"])
+        cli_delta, _ = max_score_delta(cli["output"], naive["output"])
+        cli_paired = [u["process_reviews_per_s"] / n["process_reviews_per_s"]
+                      for u, n in zip(runs["cli"], runs["naive"])]
         case_result = {
-            **case, "dump": dumps[case["rows"]], "ours": ours, "naive": naive,
+            **case, "dump": dumps[case["rows"]], "ours": ours, "naive": naive, "cli": cli,
+            # The untracked `reviews score` process against the naive script's, start to exit of each.
+            "cli_throughput_ratio_process": cli["process_reviews_per_s"] / naive["process_reviews_per_s"],
+            "cli_throughput_ratio_process_per_round": cli_paired,
+            "cli_throughput_ratio_process_paired_median": statistics.median(cli_paired),
+            "cli_max_abs_delta": cli_delta,
             "throughput_ratio_work": ours["work_reviews_per_s"] / naive["work_reviews_per_s"],
             "throughput_ratio_work_per_round": paired,
             "throughput_ratio_work_paired_median": statistics.median(paired),
@@ -608,7 +650,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: ours/naive reviews/s = {case_result['throughput_ratio_work']:.2f}x (work), "
             f"{case_result['throughput_ratio_process']:.2f}x (process), reviews per CPU-second "
             f"{case_result['cpu_efficiency_ratio']:.2f}x; max |delta| = {delta:.3g} over {joined:,} rows")
-        table += [table_row(name, ours), table_row(name, naive)]
+        log(f"{name}: untracked CLI/naive reviews/s = {case_result['cli_throughput_ratio_process']:.2f}x "
+            f"(whole process); max |delta| = {cli_delta:.3g}")
+        table += [table_row(name, ours), table_row(name, cli), table_row(name, naive)]
         if "flat" in runs:
             flat = combine(runs["flat"])
             big, small = (ours, flat) if ours["rows"] >= flat["rows"] else (flat, ours)
@@ -646,6 +690,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ours: flow call {o['flow_call_s']:.1f} s (flow body {o['flow_body_s']:.1f} s), Prefect start-up "
               f"{o['prefect_startup_s']:.1f} s, imports {o['import_s']:.1f} s; CPU {o['work_cpu_s']:.1f} s "
               f"(+ {o['prefect_server_cpu_s']:.1f} s in the Prefect API server)")
+        u = r["cli"]
+        print(f"  untracked CLI (reviews score, no Prefect API) / naive: {r['cli_throughput_ratio_process']:.2f}x "
+              f"whole process ({u['process_s']:.1f} s vs {r['naive']['process_s']:.1f} s; per round "
+              f"{', '.join(f'{x:.2f}x' for x in r['cli_throughput_ratio_process_per_round'])}, median "
+              f"{r['cli_throughput_ratio_process_paired_median']:.2f}x); imports {u['import_s']:.1f} s, main() "
+              f"{u['work_s']:.1f} s (flow body {u['flow_body_s']:.1f} s); Prefect server module loaded: "
+              f"{u['prefect_server_module_loaded']}, TensorFlow imported: {u['tensorflow_imported']}; "
+              f"max |score delta| {r['cli_max_abs_delta']:.3g}")
         n = r["naive"]
         print("  naive: " + ", ".join(f"{k[:-2]} {n[k]:.1f} s" for k in
                                       ("load_model_s", "read_s", "pad_s", "predict_s", "write_s")) +
@@ -680,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results written to {args.json}")
     if own_workdir:
         shutil.rmtree(workdir, ignore_errors=True)
-    ok = all(r["parity_ok"] for r in results.values())
+    ok = all(r["parity_ok"] and r["cli_max_abs_delta"] <= PARITY_LIMIT for r in results.values())
     return 0 if ok else 1
 
 

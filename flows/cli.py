@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import traceback
 from typing import Any, Sequence
 
 import infra.prefect_defaults  # noqa: F401  (before anything imports Prefect)
-from flows.cli_support import (Parser, add_training_options, check_storage, console_without_tracebacks, given_uris,
-                               storage_error_line, training_overrides)
+from flows.cli_support import (UNTRACKED_NOTE, Parser, add_training_options, api_configured, check_storage,
+                               console_without_tracebacks, flow_arguments, given_uris, storage_error_line,
+                               training_overrides)
 from infra.settings import default_data, default_registry
 
 
@@ -21,22 +23,29 @@ def _print_json(obj: Any) -> None:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from infra.imdb import load_imdb
+    from models.imdb_dataset import load_imdb
 
     imdb = load_imdb(args.data, cache_dir=args.cache_dir)
     _print_json(imdb.summary())
     return 0
 
 
+RETRAIN_TAGS = ("reviews", "retrain")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     check_storage(args.registry)  # before importing TensorFlow and long before registering
+    from prefect import tags
+
     from flows.retrain import retrain_sentiment
 
-    summary = retrain_sentiment(preset=args.preset, overrides=training_overrides(args) or None,
-                                registry=args.registry, data=args.data, cache_dir=args.cache_dir,
-                                min_improvement=args.min_improvement,
-                                labelled=args.labelled or None, holdout_share=args.holdout_share,
-                                force=args.force)
+    # The tags a deployment's runs carry (prefect.yaml), so a filter on them finds CLI runs too.
+    with tags(*RETRAIN_TAGS):
+        summary = retrain_sentiment(preset=args.preset, overrides=training_overrides(args) or None,
+                                    registry=args.registry, data=args.data, cache_dir=args.cache_dir,
+                                    min_improvement=args.min_improvement,
+                                    labelled=args.labelled or None, holdout_share=args.holdout_share,
+                                    force=args.force)
     _print_json(summary)
     return 0
 
@@ -116,43 +125,100 @@ def cmd_models_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_scoring(parameters: dict[str, Any], track: bool = False) -> dict[str, Any]:
+    """The score-reviews run: tracked with ``track`` or when Prefect has an API, else untracked
+    (the same flow body with no Prefect server: starting one costs 20-45 s, flows/untracked.py)."""
+    if track or api_configured():
+        from flows.score import score_reviews
+        from infra.prefect_server_lifetime import tie_if_ephemeral
+
+        tie_if_ephemeral()  # as main() does for the other flow commands: a temporary server dies with us
+        return score_reviews(**parameters)  # the flow tags its own run (tasks.reporting.tag_run)
+    from flows.untracked import score_untracked
+
+    print(UNTRACKED_NOTE, file=sys.stderr, flush=True)
+    logging.getLogger("reviews").setLevel(logging.INFO)  # the step logs a tracked run shows
+    return score_untracked(**parameters)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from flows.score import score_reviews
 
     check_storage(args.registry, args.output, args.input)
-    summary = score_reviews(
-        input=args.input, output=args.output, model=args.model, registry=args.registry,
-        batch_size=args.batch_size, threshold=args.threshold, id_column=args.id_column,
-        tokens_column=args.tokens_column, text_column=args.text_column, max_rows_per_unit=args.max_rows_per_unit,
-        max_reject_fraction=args.max_reject_fraction, overwrite=args.overwrite, predictor=args.predictor,
-        dask_address=args.dask_address, allow_failed_files=args.allow_failed_files,
-        on_duplicate_id=args.on_duplicate_id)
-    _print_json(summary)
+    _print_json(run_scoring(flow_arguments(score_reviews, args), track=args.track))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from flows.cli_report import print_report, report
+
+    check_storage(args.output)
+    summary = report(args.output)
+    if args.json:
+        _print_json(summary)
+    else:
+        print_report(summary)
     return 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    """The main job on embedded defaults: fetch data, train, register, score the test split."""
+    """The main job on embedded defaults: fetch data, train, register, score the test split.
+
+    With ``--skip-existing`` (the compose file's bootstrap service) each step is skipped when its
+    result is already there: the registry's champion, a dump with ``_READY``, scores with ``_SUCCESS``.
+    """
     import os
 
-    from flows.retrain import retrain_sentiment
-    from flows.score import score_reviews
-    from infra.imdb import load_imdb
-    from infra.reviews_dump import write_imdb_split
+    from infra import storage
+    from models.dump_discovery import READY, SUCCESS, mark_ready
+    from models.registry import ModelRegistry
 
-    check_storage(args.registry)
-    imdb = load_imdb(args.data)
-    print(json.dumps({"data": imdb.summary()}, default=str), flush=True)
-    # The main job always trains: a skipped run ("nothing changed") would have no new metrics to show.
-    trained = retrain_sentiment(preset=args.preset, registry=args.registry, data=args.data, force=True)
-    print(json.dumps({"trained": trained}), flush=True)
-    dump = os.path.join(args.workdir, "imdb-test-dump")
-    write_imdb_split(imdb, "test", dump, rows_per_file=5000)
-    scored = score_reviews(input=dump, output=os.path.join(args.workdir, "imdb-test-scores"),
-                           model=trained["version"], registry=args.registry, overwrite=True)
-    _print_json({"version": trained["version"], "test_accuracy": trained["test_accuracy"],
-                 "test_auc": trained["test_auc"], "train_seconds": trained["train_seconds"],
-                 "scored": scored})
+    dump = args.dump or os.path.join(args.workdir, "imdb-test-dump")
+    output = args.output or os.path.join(args.workdir, "imdb-test-scores")
+    check_storage(args.registry, dump, output)
+    champion = ModelRegistry(args.registry).champion() if args.skip_existing else None
+    dump_ready = args.skip_existing and storage.exists(storage.resolve(dump).join(READY))
+    scored_before = args.skip_existing and storage.exists(storage.resolve(output).join(SUCCESS))
+    if champion and dump_ready and scored_before:
+        # Decided before TensorFlow, the data or a flow run is touched: a repeated `up` costs seconds.
+        _print_json({"skipped": True, "champion": champion, "dump": dump, "output": output})
+        return 0
+
+    from flows.retrain import retrain_sentiment
+    from infra.dump_writer import write_imdb_split
+    from models.imdb_dataset import load_imdb
+
+    steps = {"train": "skipped" if champion else "ran", "dump": "skipped" if dump_ready else "ran",
+             "score": "skipped" if scored_before else "ran"}
+    imdb = None
+    if not dump_ready:
+        imdb = load_imdb(args.data)
+        print(json.dumps({"data": imdb.summary()}, default=str), flush=True)
+    if champion:
+        metrics = ModelRegistry(args.registry).metadata(champion).get("metrics", {})
+        trained = {"version": champion, **{k: metrics.get(k) for k in ("test_accuracy", "test_auc")},
+                   "train_seconds": None}
+    else:
+        # The main job always trains: a skipped run ("nothing changed") would have no new metrics to show.
+        from prefect import tags
+
+        with tags(*RETRAIN_TAGS):
+            trained = retrain_sentiment(preset=args.preset, registry=args.registry, data=args.data, force=True)
+        print(json.dumps({"trained": trained}), flush=True)
+    if imdb is not None:
+        write_imdb_split(imdb, "test", dump, rows_per_file=5000)
+        # The producer contract of score-new-dumps: the demo partition counts as complete there too.
+        mark_ready(dump)
+    scored = None
+    if not scored_before:
+        # overwrite: a partial output left by an earlier attempt may hold another model's parts.
+        # Tracked as `reviews score` is: untracked unless Prefect has an API (then no server starts
+        # when the champion was reused and nothing trained).
+        scored = run_scoring({"input": dump, "output": output, "model": trained["version"],
+                              "registry": args.registry, "overwrite": True})
+    _print_json({"skipped": False, "steps": steps, "version": trained["version"],
+                 "test_accuracy": trained["test_accuracy"], "test_auc": trained["test_auc"],
+                 "train_seconds": trained["train_seconds"], "dump": dump, "output": output, "scored": scored})
     return 0
 
 
@@ -170,6 +236,7 @@ _REGISTRY_HELP = "model registry URI: a path or s3://bucket/prefix (taken from $
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from models.dump_profile import DRIFT_THRESHOLD
     from models.presets import PRESETS
 
     p = Parser(prog="reviews", description=__doc__)
@@ -260,7 +327,23 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--on-duplicate-id", default="keep", choices=["keep", "reject"],
                        help="keep: score every row of a repeated id; reject: send later occurrences (by file, row) "
                             "to _rejected/ (default: keep; duplicates are counted in the manifest either way)")
+    score.add_argument("--drift-threshold", type=float, default=DRIFT_THRESHOLD,
+                       help="a feature of the dump drifted when its PSI against the model's evaluation data exceeds "
+                            "this (manifest 'drift', `reviews report`)")
+    score.add_argument("--fail-on-drift", action="store_true",
+                       help="fail the run (manifest written, no _SUCCESS) when a feature drifted (default: off, drift "
+                            "is reported only)")
+    score.add_argument("--track", action="store_true",
+                       help="record the run in Prefect even with no API configured, by starting Prefect's temporary "
+                            "server first (default: off; runs are tracked when PREFECT_API_URL or the Prefect "
+                            "profile names an API, and otherwise run untracked, with no server)")
     score.set_defaults(func=cmd_score)
+
+    rep = sub.add_parser("report", help="a scoring run's summary from OUTPUT/_manifest.json: totals, model, timings, "
+                                        "score histogram, drift (finished or failed runs)")
+    rep.add_argument("output", help="the scoring output URI (path or s3://bucket/prefix)")
+    rep.add_argument("--json", action="store_true", help="print the summary as one JSON object instead of tables")
+    rep.set_defaults(func=cmd_report)
 
     quick = sub.add_parser("quickstart", help="fetch data, train, register, then score the IMDB test split")
     quick.add_argument("--preset", default="seed", choices=list(PRESETS), help="training preset")
@@ -268,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--data", default=default_data(), help=_DATA_HELP)
     quick.add_argument("--workdir", default=os.path.expanduser("~/.imdb-reviews"),
                        help="where the test-split dump and its scores are written")
+    quick.add_argument("--dump", default=None, metavar="URI",
+                       help="write the test-split dump here, path or s3://, and mark it _READY "
+                            "(default: WORKDIR/imdb-test-dump)")
+    quick.add_argument("--output", default=None, metavar="URI",
+                       help="score the dump into here, path or s3:// (default: WORKDIR/imdb-test-scores)")
+    quick.add_argument("--skip-existing", action="store_true",
+                       help="bootstrap mode: keep the registry's champion instead of training, a dump that has "
+                            "_READY and scores that have _SUCCESS; with all three there, exit 0 at once and "
+                            'print {"skipped": true, ...} (default: always train, write and score)')
     quick.set_defaults(func=cmd_quickstart)
 
     srv = sub.add_parser("serve", help="serve score-reviews and the nightly retrain from this process")
@@ -287,8 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tasks.scoring import ScoringError
 
-    if args.command in ("score", "train", "quickstart", "serve"):
+    if args.command in ("train", "quickstart", "serve"):
         # These run flows: a temporary Prefect server they start must not outlive a killed CLI.
+        # (score does this itself, only for a tracked run: the server module alone takes seconds to load.)
         from infra.prefect_server_lifetime import tie_if_ephemeral
 
         tie_if_ephemeral()

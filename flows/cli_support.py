@@ -109,6 +109,28 @@ def console_without_tracebacks() -> None:
                 handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
+def api_configured() -> bool:
+    """Whether Prefect has an API to record runs in: ``PREFECT_API_URL`` from the environment,
+    a ``.env``/``prefect.toml`` or the active profile (``prefect profile use``, ``prefect config set``)."""
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+UNTRACKED_NOTE = ("reviews: untracked run: no Prefect API is configured, so nothing is recorded in Prefect "
+                  "(outputs, _manifest.json and _SUCCESS are the same); to track runs, set PREFECT_API_URL (or "
+                  "use a Prefect profile with an API URL), or run `reviews score --track` (it starts a temporary "
+                  "Prefect server first)")
+
+
+def flow_arguments(flow, args: argparse.Namespace) -> dict:
+    """The flow's parameters from the parsed options of the same names: the flow's signature is
+    the one list of them (tests/test_cli.py checks that every parameter has its option)."""
+    import inspect
+
+    return {name: getattr(args, name) for name in inspect.signature(flow.fn).parameters if hasattr(args, name)}
+
+
 def check_storage(*uris: str | None) -> None:
     """Refused credentials, a missing bucket or an unreachable endpoint fail here, within
     seconds, before Prefect starts a flow run (and, for train, before the training)."""

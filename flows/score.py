@@ -1,4 +1,11 @@
-"""``score-reviews``: Parquet review dumps in, predictions out (local disk or S3)."""
+"""``score-reviews``: Parquet review dumps in, predictions out (local disk or S3).
+
+The run is :func:`score_run`, the flow's whole body, told by a ``steps`` object how to run
+each step.  The flow passes :class:`TrackedSteps`: every step is a Prefect task run, the units
+run on a Prefect task runner.  ``reviews score`` with no Prefect API passes
+``flows.untracked.UntrackedSteps``: the same tasks' bodies (``task.fn``) with their retry
+policy, the units on local threads, and no Prefect server to start (see that module).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +14,21 @@ import dataclasses
 import os
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Literal
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any, Literal, Protocol
 
-from prefect import flow, unmapped
+from prefect import Task, flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from infra import progress
+from infra.run_storage import RunStorage
 from infra.settings import default_registry
-from models.preprocessing import Preprocessing
-from models.registry import ModelRegistry
-from models.scoring import ScoringSpec
-from tasks.reporting import rename_run, short_uri
+from models.dump_profile import DRIFT_THRESHOLD
+from models.output_dataset import ClaimHeartbeat, OutputDataset
+from models.scoring_steps import scoring_spec, unit_layout
+from tasks import progress
+from tasks.reporting import logger, rename_run, short_uri, tag_run
 from tasks.scoring import (
-    ClaimHeartbeat,
     claim_output,
     clear_output,
     finalize,
@@ -28,6 +36,9 @@ from tasks.scoring import (
     resolve_model,
     score_unit,
 )
+
+# Units at once on one machine: two cores, and a unit mostly computes (ONNX Runtime, Arrow).
+UNIT_THREADS = 2
 
 
 def unit_runner(dask_address: str | None):
@@ -40,7 +51,32 @@ def unit_runner(dask_address: str | None):
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(address=dask_address)
-    return ThreadPoolTaskRunner(max_workers=2)
+    return ThreadPoolTaskRunner(max_workers=UNIT_THREADS)
+
+
+class Steps(Protocol):
+    """How :func:`score_run` runs its steps: one task at a time, and the units all together."""
+
+    def run(self, task: Task, *args: Any, **kwargs: Any) -> Any: ...
+
+    def map(self, task: Task, mapped: dict[str, list[Any]], shared: dict[str, Any],
+            dask_address: str | None) -> list[Any]:
+        """``task`` once per position of the ``mapped`` lists (all of one length), with ``shared``."""
+        ...
+
+
+class TrackedSteps:
+    """Every step a Prefect task run of the current flow run; units on :func:`unit_runner`'s runner."""
+
+    def run(self, task: Task, *args: Any, **kwargs: Any) -> Any:
+        return task(*args, **kwargs)
+
+    def map(self, task: Task, mapped: dict[str, list[Any]], shared: dict[str, Any],
+            dask_address: str | None) -> list[Any]:
+        runner = unit_runner(dask_address)
+        with runner:
+            futures = runner.map(task, parameters={**mapped, **{k: unmapped(v) for k, v in shared.items()}})
+            return [f.result() for f in futures]
 
 
 def _run_id() -> str:
@@ -49,18 +85,61 @@ def _run_id() -> str:
     return flow_run.id or uuid.uuid4().hex
 
 
-def _load_vocabulary(registry_uri: str, version: str):
-    from models.text import Vocabulary
-
-    vocab = ModelRegistry(registry_uri).vocabulary(version)
-    return Vocabulary.from_json(vocab) if vocab is not None else None
-
-
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
     p = flow_run.parameters
     return f"score-{short_uri(p.get('input', '?'))}-{p.get('model', 'champion')}"
+
+
+def score_run(parameters: dict[str, Any], steps: Steps) -> dict[str, Any]:
+    """A score-reviews run with the flow's ``parameters`` (all of them, defaults applied).
+
+    Tracked or not, this is the one body: what differs is only how ``steps`` runs a task.
+    """
+    started_at = datetime.now(UTC).isoformat()
+    start = time.perf_counter()
+    p = SimpleNamespace(**parameters)
+    if not 0.0 <= p.threshold <= 1.0 or not 0.0 <= p.max_reject_fraction <= 1.0:
+        raise ValueError("threshold and max_reject_fraction must be within [0, 1]")
+    if p.batch_size < 1 or p.max_rows_per_unit < 1:
+        raise ValueError("batch_size and max_rows_per_unit must be >= 1")
+    registry_uri = p.registry or default_registry()
+    # S3 settings once for the whole run (a credential chain or a Prefect block load each time).
+    run_storage = RunStorage.for_uris(p.input, p.output, registry_uri)
+    chosen = steps.run(resolve_model, registry_uri, p.model, vocabulary=bool(p.text_column), run_storage=run_storage)
+    rename_run(f"score-{short_uri(p.input)}-{chosen['version']}", only_if_named=_run_name())
+    tag_run("reviews", "scoring")  # README: runs started from the CLI are tagged as deployments' are
+    spec = scoring_spec(chosen, p.threshold, p.id_column, p.tokens_column, p.text_column, p.on_duplicate_id)
+    out = OutputDataset(p.output, run_storage)
+    claim = steps.run(claim_output, out, chosen["version"], _run_id(),
+                      unit_layout(p.input, p.max_rows_per_unit, spec))
+    with ClaimHeartbeat(out, claim, log=logger()):
+        if p.overwrite:
+            steps.run(clear_output, out)
+        plan = steps.run(plan_scoring, p.input, out, spec, p.max_rows_per_unit, p.overwrite)
+        spec = dataclasses.replace(spec, output_id_type=plan["id_type"])
+        bar = progress.bar(plan["rows"])
+        with bar if bar is not None else contextlib.nullcontext():
+            units_start = time.perf_counter()
+            # No tags on the units: Prefect asks the API for tag concurrency slots for every tagged
+            # task run, which cost more than a small unit's scoring (the version is in the run name).
+            results = steps.map(
+                score_unit,
+                mapped={"unit": plan["units"],
+                        "duplicates": [plan["duplicates"].get(u["unit_id"]) for u in plan["units"]]},
+                shared={"output": out, "spec": spec, "registry_uri": registry_uri, "batch_size": p.batch_size,
+                        "predictor_kind": p.predictor},
+                dask_address=p.dask_address or os.environ.get("REVIEWS_DASK_ADDRESS"))
+            units_seconds = time.perf_counter() - units_start
+        manifest = steps.run(finalize, out, plan, results, chosen, parameters, started_at,
+                             time.perf_counter() - start, p.max_reject_fraction, units_seconds,
+                             p.allow_failed_files, p.drift_threshold, p.fail_on_drift)
+    t = manifest["totals"]
+    return {"rows_in": t["rows_in"], "rows_scored": t["rows_scored"], "rows_rejected": t["rows_rejected"],
+            "files": t["files"], "files_failed": t["files_failed"], "duplicate_ids": t["duplicate_ids"],
+            "model_version": chosen["version"],
+            "seconds": manifest["timings"]["seconds"], "output": manifest["output"]}
 
 
 @flow(name="score-reviews", validate_parameters=True, log_prints=True, flow_run_name=_run_name)
@@ -81,52 +160,10 @@ def score_reviews(
     dask_address: str | None = None,
     allow_failed_files: bool = False,
     on_duplicate_id: Literal["keep", "reject"] = "keep",
+    drift_threshold: float = DRIFT_THRESHOLD,
+    fail_on_drift: bool = False,
 ) -> dict[str, Any]:
-    started_at = datetime.now(timezone.utc).isoformat()
-    start = time.perf_counter()
-    parameters = {k: v for k, v in locals().items() if k not in ("started_at", "start")}
-    if not 0.0 <= threshold <= 1.0 or not 0.0 <= max_reject_fraction <= 1.0:
-        raise ValueError("threshold and max_reject_fraction must be within [0, 1]")
-    if batch_size < 1 or max_rows_per_unit < 1:
-        raise ValueError("batch_size and max_rows_per_unit must be >= 1")
-    registry_uri = registry or default_registry()
-    chosen = resolve_model(registry_uri, model)
-    rename_run(f"score-{short_uri(input)}-{chosen['version']}", only_if_named=_run_name())
-    spec = ScoringSpec(
-        preprocessing=Preprocessing.from_dict(chosen["preprocessing"]),
-        model_version=chosen["version"],
-        threshold=threshold,
-        id_column=id_column,
-        tokens_column=tokens_column,
-        text_column=text_column,
-        vocabulary=_load_vocabulary(registry_uri, chosen["version"]) if text_column else None,
-        on_duplicate_id=on_duplicate_id,
-    )
-    layout = f"{input}|{max_rows_per_unit}|{id_column}|{tokens_column}|{text_column}|{threshold}|{on_duplicate_id}"
-    claim = claim_output(output, chosen["version"], _run_id(), layout)
-    with ClaimHeartbeat(output, claim):
-        if overwrite:
-            clear_output(output)
-        plan = plan_scoring(input, output, spec, max_rows_per_unit, overwrite)
-        spec = dataclasses.replace(spec, output_id_type=plan["id_type"])
-        bar = progress.bar(plan["rows"])
-        runner = unit_runner(dask_address or os.environ.get("REVIEWS_DASK_ADDRESS"))
-        # No tags on the units: Prefect asks the API for tag concurrency slots for every tagged
-        # task run, which cost more than a small unit's scoring (the version is in the run name).
-        with runner, bar if bar is not None else contextlib.nullcontext():
-            units_start = time.perf_counter()
-            futures = runner.map(score_unit, parameters={
-                "unit": plan["units"], "output_uri": unmapped(output), "spec": unmapped(spec),
-                "registry_uri": unmapped(registry_uri), "batch_size": unmapped(batch_size),
-                "predictor_kind": unmapped(predictor),
-                "duplicates": [plan["duplicates"].get(u["unit_id"]) for u in plan["units"]]})
-            results = [f.result() for f in futures]
-            units_seconds = time.perf_counter() - units_start
-        manifest = finalize(output, plan, results, chosen, parameters, started_at, time.perf_counter() - start,
-                            max_reject_fraction, units_seconds, allow_failed_files)
-    t = manifest["totals"]
-    return {"rows_in": t["rows_in"], "rows_scored": t["rows_scored"], "rows_rejected": t["rows_rejected"],
-            "files": t["files"], "files_failed": t["files_failed"], "duplicate_ids": t["duplicate_ids"],
-            "model_version": chosen["version"],
-            "seconds": manifest["timings"]["seconds"], "output": manifest["output"]}
+    # Every parameter, by name: a parameter added to the signature reaches the run (and its
+    # manifest) with no second list to update here or in the CLI.
+    return score_run(dict(locals()), TrackedSteps())
 

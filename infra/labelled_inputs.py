@@ -1,7 +1,7 @@
 """Labelled review files on storage: finding them and reading their three columns.
 
 Inputs are given like scoring inputs (a Parquet file, a directory/prefix or a glob,
-on disk or ``s3://``) and found with :func:`infra.dumps.find_inputs`.  A file that
+on disk or ``s3://``) and found with :func:`infra.dump_reader.find_inputs`.  A file that
 cannot be read or lacks a column fails the run with a :class:`LabelledDataError`
 naming the file; judging single rows is :mod:`models.labelled_data`'s job.
 """
@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from infra import storage
-from infra.dumps import find_inputs
+from infra.dump_reader import find_inputs
 
 COLUMNS = ("review_id", "label", "text")
 

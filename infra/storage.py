@@ -6,11 +6,13 @@ registry, scoring inputs and outputs) goes through :func:`resolve` and the
 helpers below, so local disk and S3-compatible stores (MinIO, SeaweedFS, AWS)
 share a single code path.
 
-S3 settings never travel as parameters: the endpoint and keys come from the
+S3 settings never travel as flow parameters: the endpoint and keys come from the
 environment / standard AWS config (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``,
 ``~/.aws/credentials`` …), from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``,
 or from a Prefect block named by ``REVIEWS_S3_BLOCK`` (prefect-aws
-``MinIOCredentials`` or ``AwsCredentials``).
+``MinIOCredentials`` or ``AwsCredentials``).  A run resolves them once into a
+``infra.run_storage.RunStorage`` and hands that to its tasks (in this process or on its Dask
+workers); it is never stored by Prefect and never shows its keys.
 """
 
 from __future__ import annotations
@@ -18,32 +20,19 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import re
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-
-class StorageError(RuntimeError):
-    """A storage location could not be reached or used; the message says which and why.
-
-    When the store itself refused (credentials, a missing bucket, an unreachable endpoint),
-    ``uri`` is the location the request addressed and ``reason`` the short why, the same for
-    every object under the URI the user gave: the CLI names that URI rather than an internal
-    key such as ``out/_claims/<uuid>.json``.
-    """
-
-    def __init__(self, message: str, uri: str | None = None, reason: str | None = None):
-        super().__init__(message)
-        self.uri, self.reason = uri, reason
-
-    def __reduce__(self):  # uri and reason survive Prefect results and Dask workers
-        return type(self), (self.args[0] if self.args else "", self.uri, self.reason)
+# Callers use storage.StorageError / storage.is_transient: one import for all of storage.
+from infra.storage_errors import StorageError, describe_error, is_transient  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -53,9 +42,16 @@ class S3Settings:
     access_key: str | None
     secret_key: str | None
     session_token: str | None
+    # When temporary keys (assume-role, instance metadata, credential_process) stop working,
+    # in seconds since the epoch; None for keys that do not expire.
+    expires_at: float | None = None
 
     def __repr__(self) -> str:  # never show secrets in logs or tracebacks
-        return f"S3Settings(endpoint={self.endpoint!r}, region={self.region!r}, access_key=***)"
+        expiry = f", expires_at={self.expires_at!r}" if self.expires_at is not None else ""
+        return f"S3Settings(endpoint={self.endpoint!r}, region={self.region!r}, access_key=***{expiry})"
+
+    def expires_within(self, seconds: float) -> bool:
+        return self.expires_at is not None and self.expires_at - time.time() < seconds
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ class Location:
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
-    def join(self, *parts: str) -> "Location":
+    def join(self, *parts: str) -> Location:
         for p in parts:
             _check_relative(p)
         path = posixpath.join(self.path, *parts)
@@ -95,12 +91,17 @@ def s3_settings() -> S3Settings:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     import boto3  # resolves env vars, profiles and ~/.aws files the standard way
+    from botocore.credentials import RefreshableCredentials
 
     creds = boto3.Session().get_credentials()
     if creds is None:
         return S3Settings(endpoint, region, None, None, None)
     frozen = creds.get_frozen_credentials()
-    return S3Settings(endpoint, region, frozen.access_key, frozen.secret_key, frozen.token)
+    # pyarrow gets fixed keys, so botocore's own refreshing cannot reach it: keep the expiry
+    # (botocore exposes it only as this attribute) for RunStorage to resolve again in time.
+    expiry = creds._expiry_time if isinstance(creds, RefreshableCredentials) else None
+    return S3Settings(endpoint, region, frozen.access_key, frozen.secret_key, frozen.token,
+                      expires_at=expiry.timestamp() if expiry is not None else None)
 
 
 def _settings_from_prefect_block(name: str) -> S3Settings:
@@ -163,8 +164,17 @@ def _cached_s3(settings: S3Settings) -> pafs.S3FileSystem:
     return s3_filesystem(settings)
 
 
-def resolve(uri: "str | os.PathLike[str] | Location") -> Location:
-    """Resolve a storage URI once into a :class:`Location`."""
+def is_s3(uri: str | os.PathLike[str] | Location) -> bool:
+    text = uri.uri if isinstance(uri, Location) else os.fspath(uri)
+    return urlparse(text).scheme in ("s3", "s3a")
+
+
+def resolve(uri: str | os.PathLike[str] | Location, settings: S3Settings | None = None) -> Location:
+    """Resolve a storage URI once into a :class:`Location`.
+
+    ``settings``: the S3 settings to use (an ``infra.run_storage.RunStorage``'s); by default they are
+    resolved now, from the environment, AWS config or Prefect block.
+    """
     if isinstance(uri, Location):
         return uri
     text = os.fspath(uri)
@@ -177,7 +187,7 @@ def resolve(uri: "str | os.PathLike[str] | Location") -> Location:
             raise StorageError(f"{text!r}: an S3 URI needs a bucket, e.g. s3://bucket/prefix")
         key = parsed.path.strip("/")
         path = f"{bucket}/{key}" if key else bucket
-        return Location(_cached_s3(s3_settings()), path, f"s3://{path}")
+        return Location(_cached_s3(settings or s3_settings()), path, f"s3://{path}")
     if parsed.scheme == "file":
         text = parsed.path
     elif parsed.scheme and len(parsed.scheme) > 1:
@@ -185,27 +195,6 @@ def resolve(uri: "str | os.PathLike[str] | Location") -> Location:
     path = os.path.abspath(os.path.expanduser(text))
     return Location(pafs.LocalFileSystem(), path, path)
 
-
-def describe_error(loc: Location, exc: BaseException) -> StorageError:
-    """Turn an Arrow/OS error into one line naming the location, without credentials."""
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    low = msg.lower()
-    # Arrow spells S3 error codes ACCESS_DENIED / NO_SUCH_BUCKET, boto AccessDenied: match without separators.
-    flat = "".join(ch for ch in low if ch.isalnum())
-    code = next(iter(_AWS_CODE.findall(msg)), None)
-    reason = None
-    if any(k in flat for k in ("accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden")) or "403" in low:
-        hint = " (check the S3 access key and secret in the environment / AWS config / Prefect block)"
-        reason = f"the S3 server refused the credentials ({code or 'access denied'}): {hint.strip(' ()')}"
-    elif "nosuchbucket" in flat or "bucketdoesnotexist" in flat:
-        hint = " (the bucket does not exist; create it first)"
-        reason = f"bucket {loc.path.split('/', 1)[0]!r} does not exist (create it first, or fix the URI)"
-    elif "connect" in low or "curl" in low:
-        hint = " (is the S3 endpoint reachable? set AWS_ENDPOINT_URL_S3)"
-        reason = f"cannot reach the S3 endpoint ({code or msg}): {hint.strip(' ()')}"
-    else:
-        hint = ""
-    return StorageError(f"{loc.uri}: {msg}{hint}", uri=loc.uri, reason=reason)
 
 
 def _require_bucket(loc: Location) -> None:
@@ -254,7 +243,7 @@ def ensure_dir(loc: Location) -> None:
         os.makedirs(loc.path, exist_ok=True)
 
 
-def atomic_write(loc: Location, write: "bytes | Callable[[pa.NativeFile], None]") -> None:
+def atomic_write(loc: Location, write: bytes | Callable[[pa.NativeFile], None]) -> None:
     """Publish ``loc`` all at once: readers see the old object or the new one, never a part.
 
     On S3 an object appears only when its PUT / multipart upload completes, so the
@@ -357,35 +346,3 @@ def upload(local_path: str, loc: Location) -> None:
     atomic_write(loc, data)
 
 
-# Classified on the error's own code and status only: bucket names and keys in the
-# message ("forbidden-city", "part-a503...") must not decide whether a request is retried.
-_AWS_CODE = re.compile(r"AWS Error ([A-Z_]+)")
-_HTTP_STATUS = re.compile(r"HTTP status (\d{3})|http response code:? ?(\d{3})", re.IGNORECASE)
-_TRANSIENT_CODES = {"SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "NETWORK_CONNECTION",
-                    "REQUEST_TIMEOUT", "THROTTLING", "REQUEST_TIME_TOO_SKEWED", "THROTTLING_EXCEPTION"}
-_PERMANENT_CODES = {"ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "NO_SUCH_BUCKET",
-                    "NO_SUCH_KEY", "RESOURCE_NOT_FOUND", "NO_SUCH_UPLOAD", "INVALID_PARAMETER_VALUE"}
-# Transport failures carry no AWS code.
-_TRANSPORT = re.compile(r"curl(Code)?|connection (reset|refused|closed)|broken pipe|timed out|"
-                        r"failed to flush response stream", re.IGNORECASE)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: 5xx, throttling, resets and time-outs; never bad credentials or missing objects."""
-    if isinstance(exc, FileNotFoundError):
-        return False
-    for e in (exc, exc.__cause__):
-        if e is None:
-            continue
-        text = str(e)
-        codes = set(_AWS_CODE.findall(text))
-        if codes & _PERMANENT_CODES:
-            return False
-        statuses = {int(a or b) for a, b in _HTTP_STATUS.findall(text)}
-        if codes & _TRANSIENT_CODES or any(st >= 500 or st == 429 for st in statuses):
-            return True
-        if statuses:
-            return False  # an explicit 4xx
-        if _TRANSPORT.search(text):
-            return True
-    return False

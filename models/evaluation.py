@@ -96,31 +96,58 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, lengths: np.ndarray | None 
     return report
 
 
-def plot_report(history: dict[str, list[float]], labels: np.ndarray, scores: np.ndarray, path: str) -> None:
-    """Learning curves (loss and accuracy per epoch) and the ROC curve in one PNG."""
+def _learning_curve(ax, key: str, history: dict[str, list[float]], steps: dict[str, list[float]] | None,
+                    steps_per_epoch: int) -> None:
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    if steps and key in steps and steps_per_epoch:
+        # Training every few batches, validation once per epoch at the epoch's last step.
+        ax.plot(steps["step"], steps[key], "-", label=f"train {key} (running mean in epoch)")
+        x_val, ax_label = epochs * steps_per_epoch, "training step (batch)"
+        for e in epochs[:-1]:
+            ax.axvline(e * steps_per_epoch, color="grey", lw=0.5, alpha=0.5)
+    else:
+        if key in history:
+            ax.plot(epochs, history[key], "o-", label=f"train {key}")
+        x_val, ax_label = epochs, "epoch"
+    if f"val_{key}" in history:
+        ax.plot(x_val, history[f"val_{key}"], "s", ms=7, label=f"validation {key} (end of epoch)")
+    ax.set_xlabel(ax_label)
+    ax.set_title(key)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_report(history: dict[str, list[float]], labels: np.ndarray, scores: np.ndarray, path: str,
+                steps: dict[str, list[float]] | None = None, steps_per_epoch: int = 0, dpi: int = 70) -> None:
+    """Learning curves (over training steps when ``steps`` is given, else per epoch), the ROC curve
+    and the test scores' histogram by label in one PNG.  The low ``dpi`` keeps it small enough to
+    inline into a Prefect artifact (tasks/reporting.py)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    # Two by two, so the picture stays legible at the width an artifact page gives it.
+    fig, grid = plt.subplots(2, 2, figsize=(11, 7.5))
+    axes = grid.reshape(-1)
     for ax, key in zip(axes[:2], ("loss", "accuracy")):
-        if key in history:
-            ax.plot(epochs, history[key], "o-", label=f"train {key}")
-        if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], "s--", label=f"validation {key}")
-        ax.set_xlabel("epoch")
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fpr, tpr = roc_curve(labels, np.asarray(scores).reshape(-1))
+        _learning_curve(ax, key, history, steps, steps_per_epoch)
+    fpr, tpr = roc_curve(labels, scores)
     axes[2].plot(fpr, tpr, label=f"AUC = {roc_auc(labels, scores):.4f}")
     axes[2].plot([0, 1], [0, 1], ":", color="grey")
     axes[2].set_xlabel("false positive rate")
     axes[2].set_ylabel("true positive rate")
     axes[2].set_title("ROC (test split)")
     axes[2].legend(loc="lower right")
+    bins = np.linspace(0, 1, 26)
+    axes[3].hist(scores[~labels], bins=bins, alpha=0.6, label=f"negative ({int((~labels).sum())})")
+    axes[3].hist(scores[labels], bins=bins, alpha=0.6, label=f"positive ({int(labels.sum())})")
+    axes[3].set_xlabel("score")
+    axes[3].set_ylabel("reviews")
+    axes[3].set_title("Test scores by true label")
+    axes[3].legend(loc="upper center", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)

@@ -16,7 +16,8 @@ recurrence is spelled out, in one of two forms:
 A step: Gather (table rows), Gemm (``h R + rows``), Sigmoid over i, f, o, Tanh over the
 candidate, Mul/Add/Tanh for ``c`` and ``h`` - with gate layout ``split`` (default) the
 table and R are stored as (., 3U) and (., U) halves so no Split copy is needed before the
-activations.  Served by :mod:`models.fast_predictors`.
+activations (the step's pieces: :mod:`models.gate_step`).  Served by
+:mod:`models.fast_predictors`.
 
 ``precision="int8"`` builds an approximate variant of the same graph (int8 step products, see
 :mod:`models.int8_maths`), served by :class:`~models.fast_predictors.Int8LstmPredictor` only
@@ -27,8 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.int8_maths import INT8_INPUT_SCALE, INT8_INPUT_ZERO, PRECISIONS, quantize_columns
-from models.lstm_spec import LstmWeights, NetworkSpec, describe, gate_table, reorder_gates, window_exact
+from models.gate_step import MS_DOMAIN, StepInputs, cell
+from models.int8_maths import PRECISIONS
+from models.lstm_spec import LstmWeights, NetworkSpec, describe, window_exact
 from models.onnx_graph import Graph
 
 OPSET = 17
@@ -44,119 +46,6 @@ DEFAULT_FORM = "loop"
 # Gemm; "split": (N, 3U) for the sigmoid gates i, f, o and (N, U) for the candidate, no split copy.
 LAYOUTS = ("fused", "split")
 DEFAULT_LAYOUT = "split"
-_MS = "com.microsoft"
-
-
-def _groups(layout: str, units: int) -> list[tuple[int, int]]:
-    return [(0, 4 * units)] if layout == "fused" else [(0, 3 * units), (3 * units, 4 * units)]
-
-
-def _cols(w: np.ndarray, group: tuple[int, int]) -> np.ndarray:
-    return np.ascontiguousarray(w[..., group[0]:group[1]])
-
-
-def _cell(g: Graph, zs: list[str], c_prev: str | None, units: int, mask: str | None, h_prev: str | None,
-          zero_output: bool) -> tuple[str, str, str]:
-    """One LSTM step from the pre-activations ``zs`` (gates i, f, o, c, grouped) -> (h, c, output)."""
-    if len(zs) == 1:
-        sig_part, cand_part = g.op("Split", [zs[0], g.const([3 * units, units], "split", np.int64)], "zs",
-                                   outputs=2, axis=1)
-    else:
-        sig_part, cand_part = zs
-    gates = g.op("Sigmoid", [sig_part], "sig")
-    cand = g.op("Tanh", [cand_part], "cand")
-    i, f, o = g.op("Split", [gates, g.const([units] * 3, "split", np.int64)], "ifo", outputs=3, axis=1)
-    ig = g.op("Mul", [i, cand], "ig")
-    c_new = ig if c_prev is None else g.op("Add", [g.op("Mul", [f, c_prev], "fc"), ig], "c")
-    h_new = g.op("Mul", [o, g.op("Tanh", [c_new], "tc")], "h")
-    if mask is None:
-        return h_new, c_new, h_new
-    zero = g.const(np.float32(0), "zero")
-    c = g.op("Where", [mask, c_new, c_prev or zero], "cm")
-    h = g.op("Where", [mask, h_new, h_prev or zero], "hm")
-    out = g.op("Where", [mask, h_new, zero], "om") if zero_output else h
-    return h, c, out
-
-
-class _Weight:
-    """One weight matrix of a step's products, float32 or int8 (see :mod:`models.int8_maths`).
-
-    Its initializers are made in the graph of the node that multiplies by it (:meth:`Graph.local`),
-    also inside a ``Loop`` body: ONNX Runtime pre-packs a Gemm/MatMul weight only when it is an
-    initializer of the node's own graph, not an outer-scope value.  Packing it again at every step
-    cost 1.03-1.34x at maxlen 50 and 1.07-1.48x on the ``default`` preset in A/B runs, the most in
-    the VM's slow phases (``bench/README.md``)."""
-
-    def __init__(self, w: np.ndarray, hint: str, precision: str):
-        self.int8 = precision == "int8"
-        self.hint = hint
-        if self.int8:
-            self.q, self.scale = quantize_columns(w)
-        else:
-            self.w = w
-
-    @staticmethod
-    def prepare(g: Graph, x: str, precision: str) -> str:
-        """``x`` as the products take it: quantised once, however many weights it meets."""
-        if precision != "int8":
-            return x
-        return g.op("QuantizeLinear", [x, g.const(INT8_INPUT_SCALE, "xs"), g.const(INT8_INPUT_ZERO, "xz")], "xq")
-
-    def times_plus(self, g: Graph, x: str, acc: str, hint: str) -> str:
-        """``x @ w + acc`` (``x`` from :meth:`prepare`)."""
-        if not self.int8:
-            return g.op("Gemm", [x, g.local(self.w, self.hint), acc], hint)
-        y = g.op("MatMulIntegerToFloat", [x, g.local(self.q, self.hint + "q"), g.const(INT8_INPUT_SCALE, "xs"),
-                                          g.local(self.scale, self.hint + "s"), g.const(INT8_INPUT_ZERO, "xz")],
-                 hint + "_i8", domain=_MS)
-        return g.op("Add", [y, acc], hint)
-
-
-class _Inputs:
-    """Per-group initializers for one direction's input pre-activations (the ``base`` of a step)."""
-
-    def __init__(self, g: Graph, spec: NetworkSpec, layer_index: int, d: LstmWeights,
-                 part_widths: list[int], layout: str, tag: str, precision: str = "float32"):
-        self.groups = _groups(layout, d.units)
-        self.first = layer_index == 0
-        self.precision = precision
-        if self.first:
-            table = None if g.table_mode == "given" else gate_table(spec.embeddings, d)
-            self.tables = [g.table(None if table is None else _cols(table, gr), (spec.vocab_size, gr[1] - gr[0]),
-                                   f"{tag}_table") for gr in self.groups]
-        else:
-            kernel = reorder_gates(d.kernel, d.units)
-            bias = reorder_gates(d.bias, d.units)
-            self.biases = [g.const(_cols(bias, gr), f"{tag}_b") for gr in self.groups]
-            self.weights = []  # [group][part]
-            for gr in self.groups:
-                row, ws = 0, []
-                for width in part_widths:
-                    ws.append(_Weight(_cols(kernel[row:row + width], gr), f"{tag}_W", precision))
-                    row += width
-                self.weights.append(ws)
-        recurrent = reorder_gates(d.recurrent, d.units)
-        self.recurrent = [_Weight(_cols(recurrent, gr), f"{tag}_R", precision) for gr in self.groups]
-
-    def bases(self, g: Graph, tokens: str | None, parts: list[str] | None) -> list[str]:
-        """Nodes (in graph ``g``) computing the step's input pre-activations from the token ids
-        (first layer) or the previous layer's outputs at this position."""
-        if self.first:
-            return [g.op("Gather", [t, tokens], "g", axis=0) for t in self.tables]
-        out = []
-        xs = [_Weight.prepare(g, x, self.precision) for x in parts]
-        for bias, ws in zip(self.biases, self.weights):
-            acc = bias
-            for x, w in zip(xs, ws):
-                acc = w.times_plus(g, x, acc, "xw")
-            out.append(acc)
-        return out
-
-    def step(self, g: Graph, bases: list[str], h: str | None) -> list[str]:
-        if h is None:  # first step: h = 0
-            return bases
-        h = _Weight.prepare(g, h, self.precision)
-        return [r.times_plus(g, h, b, "z") for r, b in zip(self.recurrent, bases)]
 
 
 def _head(g: Graph, spec: NetworkSpec, features: list[str]) -> None:
@@ -190,13 +79,13 @@ def _build_unrolled(spec: NetworkSpec, layout: str, precision: str, tables: str 
     for li, layer in enumerate(spec.lstms):
         finals, per_dir = [], []
         for di, d in enumerate(layer.directions):
-            inp = _Inputs(g, spec, li, d, part_widths, layout, f"l{li}d{di}", precision)
+            inp = StepInputs(g, spec, li, d, part_widths, layout, f"l{li}d{di}", precision)
             h = c = None
             outs = []
             for k in (range(T - 1, -1, -1) if d.go_backwards else range(T)):
                 bases = inp.bases(g, idx[k], seq[k] if li else None)
                 zs = inp.step(g, bases, h)
-                h, c, out = _cell(g, zs, c, d.units, masks[k] if masks else None, h, d.zero_output_for_mask)
+                h, c, out = cell(g, zs, c, d.units, masks[k] if masks else None, h, d.zero_output_for_mask)
                 outs.append(out)
             finals.append(h)
             # Keras: a Bidirectional layer flips the backward outputs back into time order;
@@ -266,7 +155,7 @@ def _build_loop(spec: NetworkSpec, layout: str, precision: str, tables: str = "e
         finals, parts = [], []
         for di, d in enumerate(layer.directions):
             tag = f"l{li}d{di}"
-            inp = _Inputs(g, spec, li, d, part_widths, layout, tag, precision)
+            inp = StepInputs(g, spec, li, d, part_widths, layout, tag, precision)
             shape = g.op("Concat", [batch, g.const([d.units], "u", np.int64)], "shape", axis=0)
             zeros = g.op("ConstantOfShape", [shape], "zeros",
                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]))
@@ -301,7 +190,7 @@ def _build_loop(spec: NetworkSpec, layout: str, precision: str, tables: str = "e
     return g
 
 
-def _segment_loop(g: Graph, tag: str, li: int, d: LstmWeights, inp: "_Inputs", xt: str,
+def _segment_loop(g: Graph, tag: str, li: int, d: LstmWeights, inp: StepInputs, xt: str,
                   seq_parts: list[str], origin: str, mask_seq: str | None, first: str, trip: str,
                   state: list[str], pooled: bool, scanned: bool) -> list[str]:
     """One ``Loop`` of ``trip`` LSTM steps from position ``first`` (forward: up, backward: down),
@@ -320,7 +209,7 @@ def _segment_loop(g: Graph, tag: str, li: int, d: LstmWeights, inp: "_Inputs", x
         prev = [body.op("Gather", [p, rel], "x", axis=0) for p in seq_parts]
     zs = inp.step(body, inp.bases(body, tokens, prev), h_in)
     mask = body.op("Gather", [mask_seq, k], "mk", axis=0) if mask_seq else None
-    h, c, out = _cell(body, zs, c_in, d.units, mask, h_in, d.zero_output_for_mask)
+    h, c, out = cell(body, zs, c_in, d.units, mask, h_in, d.zero_output_for_mask)
     results = [body.op("Identity", [cond_in], "cond_out"), h, c]
     ins = [helper.make_tensor_value_info(it, TensorProto.INT64, []),
            helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
@@ -393,7 +282,7 @@ def _serialise(spec: NetworkSpec, form: str, layout: str, precision: str,
         g.nodes, "fast_lstm", inputs,
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 1])],
         initializer=g.initializers)
-    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(_MS, 1)] if precision == "int8" else [])
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(MS_DOMAIN, 1)] if precision == "int8" else [])
     onnx_model = helper.make_model(graph, opset_imports=opsets,
                                    producer_name="imdb-reviews-fast-lstm")
     onnx_model.ir_version = 8

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow as pa
 
-from infra.imdb import ImdbData
+from models.imdb_dataset import ImdbData
 from models.labelled_data import LabelledSet
 from models.text import Vocabulary, _encode_rows, prepend_start
 

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from infra.imdb import ImdbData
 from infra.labelled_inputs import LabelledDataError, LabelledFile
+from models.imdb_dataset import ImdbData
 from models.text import tokenize
 
 NULL_ID, BAD_ID = "null review id", "invalid UTF-8 review id"
@@ -54,6 +55,12 @@ class FileAccount:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def log_line(self) -> str:
+        """The file's counts for the run log, with the reasons rows were not used."""
+        why = f" ({_reasons_text(self.reasons)})" if self.reasons else ""
+        return (f"labelled {self.uri}: {self.rows_read} rows read, {self.rows_used} used ({self.rows_train} train, "
+                f"{self.rows_holdout} holdout), {self.rows_rejected} rejected, {self.rows_duplicate} duplicates{why}")
+
 
 @dataclass
 class LabelledSet:
@@ -76,6 +83,21 @@ class LabelledSet:
         return {"holdout_share": self.holdout_share, "files": [f.to_dict() for f in self.files],
                 "totals": self.totals(), "reasons": dict(sorted(self.reasons.items())),
                 "rejected_sample": self.rejected_sample, "duplicate_sample": self.duplicate_sample}
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """Rows read, used, rejected and duplicate per file, then in total, with the reasons."""
+        rows = [{"file": f.uri, **{k: v for k, v in f.to_dict().items() if k.startswith("rows_")},
+                 "reasons": _reasons_text(f.reasons) or "-"} for f in self.files]
+        rows.append({"file": "total", **self.totals(), "reasons": _reasons_text(self.reasons) or "-"})
+        return rows
+
+    def example_rows(self) -> list[dict[str, str]]:
+        """The sampled rejected rows, then the duplicates, every value as text."""
+        return [{k: str(v) for k, v in r.items()} for r in self.rejected_sample + self.duplicate_sample]
+
+
+def _reasons_text(reasons: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
 
 
 def is_holdout(review_id: Any, share: float) -> bool:

@@ -1,13 +1,14 @@
 """What a scoring run owes its reader: one output id type, duplicate ids found in plan order, and
 totals in which every input row is either scored or rejected.
 
-Plain functions over Arrow data and plan/result dicts; the Prefect tasks in ``tasks/scoring.py``
+Plain functions over Arrow data and plan/result dicts; the scoring steps (``models/scoring_steps.py``)
 only call them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -176,16 +177,16 @@ def failed_input_message(files: list[dict[str, Any]], where: str) -> str | None:
 def duplicates_in_plan(fs, plans: list, column: str, id_type: pa.DataType) -> dict[str, dict[int, str]]:
     """on_duplicate_id=reject: one pass over the id column only of every planned unit, in plan order.
 
-    ``plans``: readable ``infra.dumps.FilePlan``s.  A unit whose ids cannot be read is left out: it
+    ``plans``: readable ``infra.dump_reader.FilePlan``s.  A unit whose ids cannot be read is left out: it
     cannot be scored either, and fails as such.
     """
-    from infra import dumps, storage
+    from infra import dump_reader, storage
 
     def chunks():
         for p in plans:
             for u in p.units:
                 try:
-                    ids = dumps.read_unit_column(fs, u, column)
+                    ids = dump_reader.read_unit_column(fs, u, column)
                 except (OSError, pa.ArrowException) as exc:
                     if storage.is_transient(exc):
                         raise

@@ -109,8 +109,13 @@ def decision_markdown(d: dict[str, Any]) -> str:
             f"| McNemar exact p (two-sided) | {c['mcnemar_p_value']:.4g} |",
             "",
         ]
+    elif d["champion"] in (None, d["challenger"]):
+        # The registry makes its first version champion on registration: a table of the version
+        # against itself, with no metrics, would read like a failed comparison.
+        verdict = "promoted" if d["promote"] else "rejected"
+        lines += [f"First version `{d['challenger']}`: {verdict} without comparison (no earlier champion).", ""]
     else:
-        lines += [f"Challenger `{d['challenger']}`, champion `{d['champion'] or '-'}`.", ""]
+        lines += [f"Challenger `{d['challenger']}`, champion `{d['champion']}`: not compared.", ""]
     lines.append(f"min_improvement {d['min_improvement']:g}, significance level {d['alpha']}; "
                  f"export parity {'passed' if d['parity_ok'] else 'FAILED'}.")
     return "\n".join(lines)

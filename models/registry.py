@@ -31,9 +31,7 @@ import json
 import os
 import secrets
 import tempfile
-import threading
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -379,23 +377,3 @@ class ModelRegistry:
     def audit_log(self) -> list[dict[str, Any]]:
         return [storage.read_json(storage.Location(self.root.fs, f.path, f.path))
                 for f in storage.list_files(self.root.join("audit"))]
-
-
-_predictor_lock = threading.Lock()
-
-
-@lru_cache(maxsize=4)
-def _load_once(registry_uri: str, version: str, kind: str) -> Predictor:
-    return ModelRegistry(registry_uri).load_predictor(version, kind)
-
-
-def cached_predictor(registry_uri: str, version: str, kind: str = "auto") -> Predictor:
-    """One predictor per process and model version (scoring workers reuse it across units).
-
-    The lock keeps concurrent units of one process from each loading their own copy.
-    """
-    with _predictor_lock:
-        return _load_once(registry_uri, version, kind)
-
-
-cached_predictor.cache_info = _load_once.cache_info  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from models.dump_profile import DumpProfile
 from models.predictors import Predictor
 from models.preprocessing import Preprocessing, as_list_array, to_matrix
 
@@ -204,6 +205,9 @@ def validate(batch: pa.RecordBatch, spec: ScoringSpec) -> tuple[pa.Array, np.nda
 class BatchResult:
     scored: pa.Table
     rejected: pa.Table
+    # Drift counts of the scored rows, taken here while their tokens are at hand: the run then
+    # never reads its input or output again to describe what it scored.
+    profile: DumpProfile
 
     @property
     def rows_in(self) -> int:
@@ -232,10 +236,14 @@ def score_batch(batch: pa.RecordBatch, spec: ScoringSpec, predictor: Predictor, 
     ok_mask = pa.array(ok)
     good_tokens = tokens if ok.all() else pc.filter(tokens, ok_mask)  # no copy in the usual case
     n_ok = len(good_tokens)
+    num_words = spec.preprocessing.num_words
     if n_ok:
         scores = predictor.predict(to_matrix(good_tokens, spec.preprocessing)).astype(np.float32, copy=False)
+        # The float32 scores the part stores: the profile's score counts then equal a re-read of the output.
+        profile = DumpProfile.from_batch(good_tokens, scores, num_words)
     else:
         scores = np.zeros(0, dtype=np.float32)
+        profile = DumpProfile.empty(num_words)
     scored = pa.Table.from_arrays(
         [pc.filter(ids, ok_mask), pa.array(scores, pa.float32()),
          pa.array((scores >= spec.threshold).astype(np.int8), pa.int8()), _version_array(spec.model_version, n_ok)],
@@ -252,4 +260,4 @@ def score_batch(batch: pa.RecordBatch, spec: ScoringSpec, predictor: Predictor, 
          _version_array(spec.model_version, n_bad)],
         schema=rejected_schema(ids.type),
     )
-    return BatchResult(scored, rejected)
+    return BatchResult(scored, rejected, profile)

@@ -6,7 +6,7 @@ import contextlib
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -37,6 +37,35 @@ def epoch_callback(on_epoch: Callable[[int, dict[str, float]], None]):
             on_epoch(epoch + 1, {k: float(v) for k, v in (logs or {}).items()})
 
     return _EpochHook()
+
+
+# At most about this many training points per epoch: enough for a curve, few enough for the metadata.
+STEP_POINTS_PER_EPOCH = 50
+
+
+def step_callback(steps_per_epoch: int, into: dict[str, list[float]]):
+    """Training loss/accuracy every few batches into ``into`` (``step`` is the global batch count).
+
+    A one-epoch run would otherwise have a single point per curve.  Keras
+    reports the running mean since the epoch began, so each epoch's curve starts noisy and smooths.
+    """
+    import keras
+
+    every = max(1, steps_per_epoch // STEP_POINTS_PER_EPOCH)
+
+    class _StepHook(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (batch + 1) % every and batch + 1 != steps_per_epoch:
+                return
+            into.setdefault("step", []).append(self.epoch * steps_per_epoch + batch + 1)
+            for key in ("loss", "accuracy"):
+                if logs and key in logs:
+                    into.setdefault(key, []).append(float(logs[key]))
+
+    return _StepHook()
 
 
 def row_lengths(x: np.ndarray) -> np.ndarray:
@@ -140,6 +169,10 @@ class FitResult:
     epoch_seconds: list[float]
     epochs_run: int
     best_epoch: int
+    # Training metrics every few batches (``step_callback``) and the batches per epoch, so the
+    # per-epoch validation points sit at steps ``epoch * steps_per_epoch``.
+    step_history: dict[str, list[float]] = field(default_factory=dict)
+    steps_per_epoch: int = 0
 
 
 def fit(
@@ -157,9 +190,10 @@ def fit(
     keras.utils.set_random_seed(config.seed)
     bucketed = bool(config.bucket_width)
     # Bucketed batches vary in length: train a variable-length twin of the serving model.
+    steps_per_epoch = -(-len(x_train) // config.batch_size)
     with own_seed_stream(config.seed):  # every layer's seed is drawn here (initialisers, dropout)
         model = build_model(config, input_dim, sequence_length=None if bucketed else "maxlen",
-                            steps_per_epoch=-(-len(x_train) // config.batch_size))
+                            steps_per_epoch=steps_per_epoch)
     has_val = x_val is not None and len(x_val) > 0
     epoch_times: list[float] = []
     callbacks: list[Any] = []
@@ -172,6 +206,8 @@ def fit(
             epoch_times.append(time.perf_counter() - self.t0)
 
     callbacks.append(_Timer())
+    step_history: dict[str, list[float]] = {}
+    callbacks.append(step_callback(steps_per_epoch, step_history))
     if on_epoch is not None:
         callbacks.append(epoch_callback(on_epoch))
     if config.learning_rate_decay != 1.0:
@@ -217,7 +253,8 @@ def fit(
         best = int(pick(monitored)) + 1  # the first best epoch, as Keras' EarlyStopping keeps it
     else:
         best = len(hist.get("loss", []))
-    return FitResult(model, hist, seconds, epoch_times, len(hist.get("loss", [])), best)
+    return FitResult(model, hist, seconds, epoch_times, len(hist.get("loss", [])), best, step_history,
+                     steps_per_epoch)
 
 
 def masks_padding(model) -> bool:

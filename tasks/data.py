@@ -9,16 +9,16 @@ import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra.imdb import ImdbData, load_imdb
 from infra.labelled_inputs import read_labelled
 from models.data_snapshot import RunInputs
+from models.imdb_dataset import ImdbData, load_imdb
 from models.joint_vocabulary import JointData, join_labelled
 from models.labelled_data import LabelledSet, judge_labelled
 from models.preprocessing import Preprocessing, lengths, to_matrix
 from models.presets import TrainConfig
 from models.training import validation_split
-from tasks.retries import retry_if_transient
 from tasks.reporting import logger, table
+from tasks.retries import retry_if_transient
 
 
 @dataclass
@@ -36,6 +36,9 @@ class TrainingSet:
     x_holdout: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int32))
     y_holdout: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
     holdout_tokens: pa.ListArray = field(default_factory=lambda: pa.array([], pa.list_(pa.int32())))  # uncut
+    # The test reviews uncut (x_test is cut to maxlen): the version's drift reference counts their
+    # real lengths, as a scoring run counts a dump's.  Empty: no reference is stored.
+    test_tokens: pa.ListArray = field(default_factory=lambda: pa.array([], pa.list_(pa.int32())))
 
 
 @task(name="load-imdb", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -58,20 +61,10 @@ def add_labelled(imdb: ImdbData, inputs: RunInputs) -> JointData:
         labelled = judge_labelled(((f, read_labelled(f)) for f in inputs.files), imdb, inputs.holdout_share)
         log = logger()
         for f in labelled.files:
-            (log.warning if f.rows_rejected else log.info)(
-                "labelled %s: %d rows read, %d used (%d train, %d holdout), %d rejected, %d duplicates%s",
-                f.uri, f.rows_read, f.rows_used, f.rows_train, f.rows_holdout, f.rows_rejected, f.rows_duplicate,
-                f" ({', '.join(f'{k}: {v}' for k, v in sorted(f.reasons.items()))})" if f.reasons else "")
-        rows = [{"file": f.uri, **{k: v for k, v in f.to_dict().items() if k.startswith("rows_")},
-                 "reasons": ", ".join(f"{k}: {v}" for k, v in sorted(f.reasons.items())) or "-"}
-                for f in labelled.files]
-        totals = labelled.totals()
-        rows.append({"file": "total", **totals,
-                     "reasons": ", ".join(f"{k}: {v}" for k, v in sorted(labelled.reasons.items())) or "-"})
-        table("labelled-data", rows, "Labelled rows per file: read = used + rejected + duplicates")
-        sample = labelled.rejected_sample + labelled.duplicate_sample
-        if sample:
-            table("labelled-rejected", [{k: str(v) for k, v in r.items()} for r in sample],
+            (log.warning if f.rows_rejected else log.info)("%s", f.log_line())
+        table("labelled-data", labelled.table_rows(), "Labelled rows per file: read = used + rejected + duplicates")
+        if examples := labelled.example_rows():
+            table("labelled-rejected", examples,
                   "Examples of labelled rows not used (file, row, reason); the counts are in labelled-data")
     return join_labelled(imdb, labelled)
 
@@ -100,4 +93,5 @@ def prepare(imdb: ImdbData, config: TrainConfig,
         x_holdout=to_matrix(holdout_tokens, prep),
         y_holdout=np.asarray(holdout_labels, dtype=np.int8),
         holdout_tokens=holdout_tokens,
+        test_tokens=imdb.test_tokens,
     )

@@ -8,9 +8,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from infra.code_version import running_code_version
-from infra.imdb import ImdbData
 from infra.labelled_inputs import list_labelled
 from models.data_snapshot import RunInputs, skip_markdown, snapshot, unchanged
+from models.imdb_dataset import ImdbData
 from models.presets import TrainConfig
 from models.registry import ModelRegistry
 from tasks.reporting import logger, markdown

@@ -8,17 +8,18 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra.imdb import ImdbData
 from models.comparison import compare
 from models.evaluation_set import EvaluationSet, evaluation_set, version_matrix
+from models.imdb_dataset import ImdbData
 from models.predictors import probe_batch
 from models.presets import TrainConfig
 from models.promotion import decide, decision_markdown
 from models.quantization import int8_export
 from models.registry import ModelRegistry, RegistryError
 from models.training import FitResult
+from tasks import events
 from tasks.data import TrainingSet
-from tasks.reporting import logger, markdown
+from tasks.reporting import in_run, inline_png, logger, markdown
 from tasks.training import history_markdown, public_metrics
 
 
@@ -47,6 +48,9 @@ def register(registry_uri: str, result: FitResult, ts: TrainingSet, config: Trai
                  "vocab_size": imdb.vocab_size, "holdout_rows": int(len(ts.y_holdout))},
         **(lineage or {}),
     }
+    if report.get("drift_reference") is not None:
+        # Scoring runs with this version compare their dumps against it (models/run_drift.py).
+        metadata["drift_reference"] = report["drift_reference"]
     int8_files, metadata["int8"] = int8_export(result.model, ts.x_test, ts.y_test, report["accuracy"], probe)
     vocab = imdb.vocabulary.to_json() if imdb.vocabulary is not None else None
     version = registry.register(result.model, prep, vocab, metadata, probe,
@@ -56,8 +60,9 @@ def register(registry_uri: str, result: FitResult, ts: TrainingSet, config: Trai
     q = metadata["int8"]
     log.info("int8 predictor %s: %s%s", "approved" if q["approved"] else "not stored", q["reason"],
              f" (test accuracy {q['accuracy_int8']:.4f} vs {q['accuracy_float32']:.4f})" if "accuracy_int8" in q else "")
-    markdown("training-report", history_markdown(config, report) +
-             f"\n\nRegistered as `{version}` in `{registry.root.uri}`; learning curves and ROC: "
+    markdown("training-report", history_markdown(config, report) + "\n\n"
+             + inline_png("learning curves, ROC and test score histogram", report["report_png"])
+             + f"\n\nRegistered as `{version}` in `{registry.root.uri}`; the picture is also stored as "
              f"`{registry.root.uri}/versions/{version}/report.png`.", "Training history and registration")
     return version
 
@@ -82,12 +87,9 @@ def gate(registry_uri: str, version: str, imdb: ImdbData, ts: TrainingSet,
         parity_ok, detail = False, str(exc)
     comparison = champion_error = evaluation = None
     if parity_ok and champion_version not in (None, version):
-        # The holdout's uncut token lists when the TrainingSet has them; its padded matrix is cut to
-        # the challenger's maxlen (models/evaluation_set.py).
-        holdout = getattr(ts, "holdout_tokens", None)
-        es = evaluation_set(imdb.test_tokens, imdb.test_labels, imdb.vocabulary,
-                            getattr(ts, "x_holdout", None) if holdout is None else holdout,
-                            getattr(ts, "y_holdout", None))
+        # The holdout's uncut token lists, not ts.x_holdout: that matrix is cut to this run's maxlen,
+        # and each version reads the reviews with its own preprocessing (models/evaluation_set.py).
+        es = evaluation_set(imdb.test_tokens, imdb.test_labels, imdb.vocabulary, ts.holdout_tokens, ts.y_holdout)
         challenger_scores, challenger_input = _scores(registry, version, es, challenger_predictor)
         evaluation = {"parts": es.parts, "challenger_input": challenger_input}
         try:
@@ -107,4 +109,18 @@ def gate(registry_uri: str, version: str, imdb: ImdbData, ts: TrainingSet,
                                                        "promoted" if decision["promote"] else "rejected",
                                                        decision["reason"])
     markdown("promotion-decision", decision_markdown(decision), "Challenger vs champion on one evaluation set")
+    # After the champion changed: an automation on reviews.model.promoted (prefect.yaml's
+    # score-new-dumps/after-promotion) then reads the new champion.
+    _emit_decision(registry, decision)
     return decision
+
+
+def _emit_decision(registry: ModelRegistry, decision: dict[str, Any]) -> None:
+    if not in_run():
+        return
+    try:
+        metrics = registry.metadata(decision["challenger"]).get("metrics")
+    except Exception as exc:  # noqa: BLE001 - a failed read must not retry a gate that already promoted
+        logger().warning("the gate's event goes out without the test metrics: %s", exc)
+        metrics = None
+    events.emit(*events.gate_decision(decision, registry.root.uri, metrics))

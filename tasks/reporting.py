@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Any
 
@@ -32,10 +33,33 @@ def markdown(key: str, text: str, description: str) -> None:
         create_markdown_artifact(markdown=text, key=key, description=description)
 
 
+def inline_png(alt: str, png: bytes) -> str:
+    """Markdown that shows ``png`` in the artifact itself: Prefect's UI renders a data-URI image,
+    and a user looking at a run has no access to the registry path the PNG is also stored at."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
 def short_uri(uri: str, keep: int = 2) -> str:
     """The last path segments of a URI: enough to recognise a dump in a run name."""
     parts = [p for p in uri.replace("\\", "/").split("/") if p and p != "s3:"]
     return "/".join(parts[-keep:]) or uri
+
+
+def tag_run(*tags: str) -> None:
+    """Add ``tags`` to the current flow run only: a ``prefect.tags`` block around the call would tag
+    every task run too, and Prefect asks the API for tag concurrency slots for each tagged task run
+    (flows/score.py).  Deployment runs already carry them; CLI and subflow runs get them here."""
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None or set(tags) <= set(ctx.flow_run.tags):
+        return
+    from prefect.client.orchestration import get_client
+
+    merged = list(dict.fromkeys([*ctx.flow_run.tags, *tags]))
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(ctx.flow_run.id, tags=merged)
+    except Exception as exc:  # noqa: BLE001 - like a rename, tags must never fail a run
+        logger().debug("could not tag flow run: %s", exc)
 
 
 def rename_run(name: str, only_if_named: str | None = None) -> None:

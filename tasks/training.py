@@ -6,10 +6,12 @@ import os
 import tempfile
 from typing import Any
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models import evaluation
+from models.dump_profile import DumpProfile
 from models.presets import TrainConfig
 from models.training import FitResult, fit, predict_scores
 from tasks.data import TrainingSet
@@ -36,7 +38,8 @@ def train(ts: TrainingSet, config: TrainConfig, verbose: int | str | None = None
 def curves_png(result: FitResult, ts: TrainingSet, scores) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "report.png")
-        evaluation.plot_report(result.history, ts.y_test, scores, path)
+        evaluation.plot_report(result.history, ts.y_test, scores, path, steps=result.step_history,
+                               steps_per_epoch=result.steps_per_epoch)
         with open(path, "rb") as f:
             return f.read()
 
@@ -50,7 +53,14 @@ def evaluate(result: FitResult, ts: TrainingSet) -> dict[str, Any]:
     report["epochs_run"] = result.epochs_run
     report["best_epoch"] = result.best_epoch
     report["history"] = result.history
+    report["step_history"] = result.step_history
     report["report_png"] = curves_png(result, ts, scores)
+    if len(ts.test_tokens) and len(ts.test_tokens) == len(ts.y_test):
+        # What a dump like the evaluation data looks like to this model: the reference that every
+        # scoring run with it compares its dump against (models/dump_profile.py).  Float32 scores,
+        # as scoring runs store them.
+        report["drift_reference"] = DumpProfile.from_batch(
+            ts.test_tokens, np.asarray(scores, dtype=np.float32), ts.preprocessing.num_words).to_dict()
     c = report["confusion"]
     logger().info("test accuracy %.4f, AUC %.4f, log loss %.4f on %d reviews", report["accuracy"],
                   report["auc"], report["log_loss"], report["n"])
@@ -72,8 +82,8 @@ def evaluate(result: FitResult, ts: TrainingSet) -> dict[str, Any]:
 
 
 def public_metrics(report: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-safe part of a report (no image bytes)."""
-    return {k: v for k, v in report.items() if k != "report_png"}
+    """The JSON-safe part of a report (no image bytes), without the drift reference (stored on its own)."""
+    return {k: v for k, v in report.items() if k not in ("report_png", "drift_reference")}
 
 
 def history_markdown(config: TrainConfig, report: dict[str, Any]) -> str:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from devtools.seaweed import SeaweedS3
 from infra import storage
-from infra.seaweed import SeaweedS3
 
 # Settings that would silently re-route or re-credential S3 access during tests.
 _FOREIGN_AWS_SETTINGS = (
@@ -82,6 +82,26 @@ def s3_env(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ca
 
     yield apply
     storage._cached_s3.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A local registry whose champion is tests/tinymodel.py's tiny model: ``{"uri", "version", "model"}``.
+
+    One per test module: a module may register more versions or promote, and no other module sees it.
+    """
+    from tests.tinymodel import register_tiny, tiny_model
+
+    uri = str(tmp_path_factory.mktemp("registry"))
+    return {"uri": uri, "version": register_tiny(uri), "model": tiny_model()}
+
+
+@pytest.fixture(scope="module")
+def tiny_tgz(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An npm-format IMDB tarball of 240 reviews whose sentiment words are easy to learn."""
+    from tests.training_data import sentiment_tgz
+
+    return sentiment_tgz(tmp_path_factory.mktemp("data") / "tiny.tgz")
 
 
 # Prefect: a real API for the session (Prefect's own test harness: a temporary database

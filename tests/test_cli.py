@@ -9,13 +9,13 @@ import json
 import re
 import secrets
 
-from infra.progress import ProgressBar
-from tests.test_retrain_flow import run_cli
-from tests.test_scoring import _make_dump, registry  # noqa: F401  (module fixture)
+from tasks.progress import ProgressBar
+from tests.cli_process import run_cli
+from tests.tinymodel import make_dump
 
 
-def test_score_cli_prints_one_json_summary(tmp_path, registry, prefect_api):  # noqa: F811
-    _make_dump(str(tmp_path / "in"), n=120, files_rows=60, rg=30)
+def test_score_cli_prints_one_json_summary(tmp_path, registry, prefect_api):
+    make_dump(str(tmp_path / "in"), n=120, files_rows=60, rg=30)
     code, out, err = run_cli("score", str(tmp_path / "in"), str(tmp_path / "out"), "--registry", registry["uri"])
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
@@ -23,8 +23,16 @@ def test_score_cli_prints_one_json_summary(tmp_path, registry, prefect_api):  # 
         {"rows_in": 120, "rows_scored": 120, "rows_rejected": 0, "files": 2}
     assert summary["model_version"] == registry["version"] and summary["seconds"] > 0
 
+    # Tagged as README says, so the UI's tag filter finds CLI runs next to deployment runs.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-def test_score_cli_error_is_one_clear_line(tmp_path, registry, prefect_api):  # noqa: F811
+    with get_client(sync_client=True) as client:
+        tagged = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["reviews", "scoring"])))
+    assert [r for r in tagged if r.parameters.get("input") == str(tmp_path / "in")]
+
+
+def test_score_cli_error_is_one_clear_line(tmp_path, registry, prefect_api):
     code, _, err = run_cli("score", str(tmp_path / "nothing-here"), str(tmp_path / "out"),
                            "--registry", registry["uri"])
     # Prefect logs the failed run on the console, its traceback only in the run's logs (or with
@@ -37,7 +45,7 @@ def test_score_cli_error_is_one_clear_line(tmp_path, registry, prefect_api):  # 
     assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1] == last
 
 
-def test_models_list_promote_rollback(tmp_path, registry):  # noqa: F811
+def test_models_list_promote_rollback(tmp_path, registry):
     code, out, _ = run_cli("models", "list", "--registry", registry["uri"], "--json")
     listing = json.loads(out)
     assert code == 0 and listing["champion"] == registry["version"]
@@ -69,9 +77,9 @@ def test_progress_line_shows_rows_rate_and_eta():
     assert "1,000/1,000 rows" in text and "rows/s" in text and "ETA" in text
 
 
-def test_wrong_s3_secret_is_one_line_naming_the_given_uri(tmp_path, registry, s3_bucket, s3_env,  # noqa: F811
+def test_wrong_s3_secret_is_one_line_naming_the_given_uri(tmp_path, registry, s3_bucket, s3_env,
                                                           s3_server, prefect_api):
-    _make_dump(str(tmp_path / "in"), n=60, files_rows=60, rg=30)
+    make_dump(str(tmp_path / "in"), n=60, files_rows=60, rg=30)
     wrong = "WRONG" + secrets.token_hex(12).upper()
     s3_env(AWS_SECRET_ACCESS_KEY=wrong)
     cases = [
@@ -148,3 +156,31 @@ def test_storage_error_line_names_the_given_uri_that_holds_the_failure(tmp_path)
     local = StorageError("x", uri=str(tmp_path / "reg" / "champion.json"), reason="refused")
     assert storage_error_line(local, ["reg-elsewhere", str(tmp_path / "reg")]) == f"{tmp_path / 'reg'}: refused"
     assert storage_error_line(StorageError("an object's own problem"), given) == "an object's own problem"
+
+
+def test_score_options_are_the_flow_parameters():
+    """``reviews score`` passes the flow's parameters by name (flow_arguments): every parameter has
+    its option, with the flow's default and choices, so a run means the same from the CLI, from
+    Python and from a deployment."""
+    import inspect
+    import typing
+
+    from flows.cli import build_parser
+    from flows.cli_support import flow_arguments
+    from flows.score import score_reviews
+
+    score = next(sub for path, sub in _subcommands(build_parser()) if path == ("score",))
+    options = {a.dest: a for a in score._actions}
+    signature = inspect.signature(score_reviews.fn)
+    hints = typing.get_type_hints(score_reviews.fn)
+    for name, param in signature.parameters.items():
+        assert name in options, f"flow parameter {name!r} has no `reviews score` option"
+        option = options[name]
+        if param.default is not inspect.Parameter.empty and name != "registry":  # None: $REVIEWS_REGISTRY's
+            assert option.default == param.default, (name, option.default, param.default)
+        if typing.get_origin(hints[name]) is typing.Literal:
+            assert tuple(option.choices) == typing.get_args(hints[name]), name
+    args = score.parse_args(["in", "out", "--batch-size", "7", "--overwrite", "--track"])
+    passed = flow_arguments(score_reviews, args)
+    assert list(passed) == list(signature.parameters), "every parameter, and nothing else (not --track)"
+    assert passed["batch_size"] == 7 and passed["overwrite"] is True and passed["input"] == "in"

@@ -16,8 +16,9 @@ import time
 import pytest
 
 from infra.prefect_server_lifetime import PopenDyingWithParent, tie_to_this_process
+from tests.cli_process import start_score, subprocess_env
 from tests.faultproxy import wait_for
-from tests.tinymodel import make_dump, register_tiny, start_score, subprocess_env
+from tests.tinymodel import make_dump, register_tiny
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 
@@ -63,7 +64,8 @@ def test_killed_cli_takes_its_prefect_server_with_it(tmp_path):
     env = subprocess_env(PREFECT_HOME=str(tmp_path / "prefect-home"))  # its own database, not ~/.prefect
     env.pop("PREFECT_API_URL", None)  # so that Prefect starts its temporary server as a child
     log = tmp_path / "run.log"
-    p = start_score(src, str(tmp_path / "out"), registry, "--max-rows-per-unit", "100", env=env, log=log)
+    # --track: with no API, only a tracked run starts that server (an untracked one starts none).
+    p = start_score(src, str(tmp_path / "out"), registry, "--max-rows-per-unit", "100", "--track", env=env, log=log)
     try:
         def servers() -> list[int]:
             return [c for c in _children(p.pid) if "uvicorn" in _cmdline(c)]

@@ -18,15 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from infra import storage
+from tests.cli_process import last_json_line, start_score
 from tests.faultproxy import Fault, FaultProxy, wait_for
-from tests.tinymodel import (
-    assert_exactly_once,
-    last_json_line,
-    make_dump,
-    read_output,
-    register_tiny,
-    start_score,
-)
+from tests.tinymodel import assert_exactly_once, make_dump, read_output, register_tiny
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

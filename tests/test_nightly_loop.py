@@ -11,11 +11,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 from models.registry import ModelRegistry
-from tests.test_labelled_data import write_labelled
-from tests.test_retrain_flow import BAD, GOOD, _reviews, run_cli, tiny_tgz  # noqa: F401  (a fixture)
+from tests.cli_process import run_cli, subprocess_env
+from tests.training_data import labelled_rows, write_labelled
 
 _REPORT = "import json, sys; from flows.cli import main; rc = main(sys.argv[1:]); " \
           "print(json.dumps({'rc': rc, 'tensorflow_loaded': 'tensorflow' in sys.modules}))"
@@ -24,24 +22,13 @@ _REPORT = "import json, sys; from flows.cli import main; rc = main(sys.argv[1:])
 def cli_reporting_tensorflow(*argv: str) -> tuple[dict, dict, float, str]:
     """Run the CLI's main() in a fresh interpreter; returns (its JSON summary line, whether
     TensorFlow got imported, wall seconds, stderr)."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = dict(os.environ)
-    if PREFECT_API_URL.value():
-        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", _REPORT, *argv], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", _REPORT, *argv], env=subprocess_env(), capture_output=True, text=True,
+                       timeout=600, check=False)
     seconds = time.perf_counter() - start
     assert r.returncode == 0, r.stderr
     *_, summary, report = r.stdout.strip().splitlines()
     return json.loads(summary), json.loads(report), seconds, r.stderr
-
-
-def labelled_rows(seed: int, n: int, first_id: int):
-    rng = np.random.default_rng(seed)
-    texts = _reviews(rng, GOOD, n // 2) + _reviews(rng, BAD, n - n // 2)
-    labels = [1] * (n // 2) + [0] * (n - n // 2)
-    return list(range(first_id, first_id + n)), labels, texts
 
 
 def artifact(key: str):
@@ -53,7 +40,7 @@ def artifact(key: str):
     return arts[-1] if arts else None
 
 
-def test_nightly_loop_skips_when_nothing_changed(tmp_path, tiny_tgz, prefect_api, s3_bucket):  # noqa: F811
+def test_nightly_loop_skips_when_nothing_changed(tmp_path, tiny_tgz, prefect_api, s3_bucket):
     registry = str(tmp_path / "registry")
     local = write_labelled(tmp_path / "labelled" / "night1.parquet", *labelled_rows(1, 40, 0))
     ids, labels, texts = labelled_rows(2, 20, 1000)
@@ -119,7 +106,7 @@ def test_nightly_loop_skips_when_nothing_changed(tmp_path, tiny_tgz, prefect_api
     assert json.loads(out) == latest
 
 
-def test_train_with_a_bad_labelled_file_is_a_clear_error(tmp_path, tiny_tgz, prefect_api):  # noqa: F811
+def test_train_with_a_bad_labelled_file_is_a_clear_error(tmp_path, tiny_tgz, prefect_api):
     bad = tmp_path / "labelled" / "reviews.parquet"
     bad.parent.mkdir()
     bad.write_text("review_id,label,text\n1,1,not parquet\n")

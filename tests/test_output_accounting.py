@@ -19,24 +19,11 @@ from infra import storage
 from models.registry import ModelRegistry
 from models.scoring import ScoringSpec
 from tasks.scoring import ScoringError, plan_scoring, score_unit
-from tests.tinymodel import (
-    REPO,
-    assert_readable_everywhere,
-    manifest,
-    read_output,
-    register_tiny,
-    reviews_cli,
-    subprocess_env,
-)
-from tests.test_hostile_input import _corrupt_second_row_group
+from tests.cli_process import REPO, reviews_cli, subprocess_env
+from tests.parquet_damage import corrupt_second_row_group
+from tests.tinymodel import assert_readable_everywhere, manifest, read_output
 
 GOOD = [[1, 4, 5], [1, 6, 7, 8], [1, 9, 3], [1, 10, 11, 12, 13]]
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    uri = str(tmp_path_factory.mktemp("registry"))
-    return {"uri": uri, "version": register_tiny(uri)}
 
 
 def _put(loc: storage.Location, name: str, ids: pa.Array, tokens=None, **kw) -> None:
@@ -120,7 +107,7 @@ def test_corrupt_row_group_fails_the_run_unless_allowed(tmp_path, registry, pref
     pq.write_table(pa.table({"review_id": pa.array(range(200), pa.int64()),
                              "tokens": pa.array([[1] + [3 + (i * 7 + j) % 12 for j in range(40)] for i in range(200)],
                                                 pa.list_(pa.int32()))}), path, row_group_size=100, compression="zstd")
-    _corrupt_second_row_group(path)
+    corrupt_second_row_group(path)
     with pytest.raises(ScoringError, match="corrupt-rg.parquet row groups 1-1"):
         score_reviews(input=str(src), output=out, registry=registry["uri"], max_rows_per_unit=100,
                       max_reject_fraction=1.0)

@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from infra.imdb import ImdbData
 from models.evaluation_set import REENCODED, SAME_VOCABULARY
+from models.imdb_dataset import ImdbData
 from models.predictors import probe_batch
 from models.preprocessing import to_matrix
 from models.presets import TrainConfig
@@ -21,13 +20,11 @@ from models.promotion import decide, decision_markdown
 from models.registry import ModelRegistry, RegistryError
 from models.text import Vocabulary
 from models.training import fit
+from tasks.data import prepare
 from tasks.registry import gate
-from tests.test_registry import CONFIG, INPUT_DIM, _register, tiny_model  # noqa: F401  (module fixture)
+from tests.tinymodel import register_tiny
+from tests.training_data import BAD, FILLER, GOOD
 
-
-GOOD = ["great", "wonderful", "superb", "loved", "fun"]
-BAD = ["awful", "boring", "terrible", "hated", "dull"]
-FILLER = ["the", "film", "plot", "actor", "was", "and", "a", "story"]
 SHORT = TrainConfig(preset="seed", maxlen=8, embedding_dim=8, lstm_units=4, batch_size=16, seed=3)
 # The challenger's preprocessing differs from the champion's: both must still see the same reviews.
 LONG = SHORT.with_overrides(maxlen=16, padding="pre", truncating="pre", epochs=4, learning_rate=0.02)
@@ -52,7 +49,7 @@ def gate_models():
     weak = fit(SHORT, vocab.size, to_matrix(train_tokens, short)[:12], y_train[:12]).model
     strong = fit(LONG, vocab.size, to_matrix(train_tokens, long), y_train).model
     return {"imdb": imdb, "vocab": vocab, "weak": (weak, short), "strong": (strong, long),
-            "ts": SimpleNamespace()}  # a TrainingSet without the labelled holdout fields
+            "ts": prepare.fn(imdb, SHORT)}  # a TrainingSet without labelled data: an empty holdout
 
 
 def _register_model(registry: ModelRegistry, model, prep, vocab: Vocabulary) -> str:
@@ -152,8 +149,8 @@ def test_gate_task_scores_both_versions_on_one_evaluation_set(tmp_path, gate_mod
     assert "identical predictions" in renamed["reason"] and registry.champion() == v2
 
     # Clearly worse: rejected, here on the test split plus a labelled holdout.
-    holdout = SimpleNamespace(holdout_tokens=imdb.train_tokens[:40], y_holdout=imdb.train_labels[:40],
-                              x_holdout=np.zeros((40, 1), dtype=np.int32))  # the uncut tokens win
+    # x_holdout cut to 1 token: the gate must read the uncut holdout tokens, with each version's maxlen.
+    holdout = prepare.fn(imdb, SHORT.with_overrides(maxlen=1), imdb.train_tokens[:40], imdb.train_labels[:40])
     v5 = _register_model(registry, *gate_models["weak"], vocab)
     rejected = gate.fn(str(tmp_path), v5, imdb, holdout)
     assert not rejected["promote"] and rejected["reason"].startswith("significantly less accurate")
@@ -201,9 +198,9 @@ def _actions(registry: ModelRegistry) -> list[tuple[str, str, str | None]]:
             if r["action"] in ("promote", "rollback")]
 
 
-def test_rollbacks_walk_back_through_champions(tmp_path, tiny_model):  # noqa: F811
+def test_rollbacks_walk_back_through_champions(tmp_path):
     registry = ModelRegistry(str(tmp_path))
-    v1, v2, v3 = (_register(registry, tiny_model) for _ in range(3))  # v1: champion on registration
+    v1, v2, v3 = (register_tiny(str(tmp_path)) for _ in range(3))  # v1: champion on registration
     registry.promote(v2, reason="better")
     registry.promote(v3, reason="better still")
     assert registry.champion_history() == [v1, v2]
@@ -228,9 +225,9 @@ def test_rollbacks_walk_back_through_champions(tmp_path, tiny_model):  # noqa: F
     assert all(r["actor"] == "user" and r["updated_at"] for r in rollbacks)
 
 
-def test_registry_from_before_history_rolls_back_once(tmp_path, tiny_model):  # noqa: F811
+def test_registry_from_before_history_rolls_back_once(tmp_path):
     registry = ModelRegistry(str(tmp_path))
-    v1, v2 = _register(registry, tiny_model), _register(registry, tiny_model)
+    v1, v2 = register_tiny(str(tmp_path)), register_tiny(str(tmp_path))
     # champion.json as promote wrote it before champion history existed.
     (tmp_path / "champion.json").write_text(json.dumps({
         "version": v2, "previous": v1, "reason": "old", "actor": "user", "updated_at": "2026-01-01T00:00:00+00:00"}))
@@ -239,11 +236,11 @@ def test_registry_from_before_history_rolls_back_once(tmp_path, tiny_model):  # 
         registry.rollback()
 
 
-def test_cli_rollback_twice_goes_two_back_and_is_audited(tmp_path, tiny_model, capsys):  # noqa: F811
+def test_cli_rollback_twice_goes_two_back_and_is_audited(tmp_path, capsys):
     from flows.cli import main
 
     registry = ModelRegistry(str(tmp_path))
-    v1, v2, v3 = (_register(registry, tiny_model) for _ in range(3))
+    v1, v2, v3 = (register_tiny(str(tmp_path)) for _ in range(3))
     for v in (v2, v3):
         assert main(["models", "promote", v, "--registry", str(tmp_path)]) == 0
     capsys.readouterr()

@@ -4,11 +4,10 @@ round trip and scoring a dump with it."""
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
-
-import os
 
 from models.fast_predictors import FastLstmPredictor, Int8LstmPredictor
 from models.gate_graph import FORMS, build_fast_onnx
@@ -17,13 +16,22 @@ from models.onnx_graph import TABLES_FILE
 from models.predictors import probe_batch
 from models.quantization import INT8_FILE, INT8_PROBE_SCORES, INT8_SCHEME, int8_export
 from models.registry import ModelRegistry, RegistryError
-from tests.int8_reference import EMULATED_CPU, emulated_predict, emulator, reference_predict
-from tests.test_fast_lstm import VOCAB, inputs, tiny
+from tests.int8_reference import (
+    EMULATED_CPU,
+    emulated_predict,
+    emulator,
+    reference_predict,
+)
+from tests.tinymodel import (
+    DEFAULT_LIKE,
+    DEFAULT_LIKE_CONFIG,
+    LSTM_VOCAB,
+    float_labelled,
+    lstm_tiny,
+    parity_inputs,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Layer '.*' \\(of type GlobalMaxPooling1D\\) was passed an input")
-
-DEFAULT_LIKE = dict(mask_zero=True, bidirectional=True, pooling="max", lstm_layers=2, padding="pre")
-
 
 def _ops(onnx_bytes: bytes) -> list[str]:
     """Op types of the graph and of its Loop bodies."""
@@ -75,7 +83,7 @@ def _int8_weights(onnx_bytes: bytes) -> list[np.ndarray]:
 def test_int8_sums_cannot_saturate_on_any_cpu(overrides, form):
     """Kernels without VNNI add adjacent u8 x s8 product pairs in int16: with inputs up to 255,
     every pair of weights along the reduced axis must stay within 32,767 / 255."""
-    weights = _int8_weights(build_fast_onnx(tiny(seed=5, maxlen=7, **overrides), form=form, precision="int8"))
+    weights = _int8_weights(build_fast_onnx(lstm_tiny(seed=5, maxlen=7, **overrides), form=form, precision="int8"))
     assert weights and all(w.dtype == np.int8 for w in weights)
     for w in weights:
         k = np.abs(w.astype(np.int32))
@@ -89,8 +97,8 @@ def test_int8_sums_cannot_saturate_on_any_cpu(overrides, form):
 def test_int8_graph_equals_a_numpy_integer_reference(overrides, form):
     """ONNX Runtime, with whatever kernels this CPU gets, against exact integer sums of the
     same graph (ONNX's NumPy reference evaluator): equal within float32 rounding."""
-    model = tiny(seed=5, maxlen=7, **overrides)
-    x = inputs(7)
+    model = lstm_tiny(seed=5, maxlen=7, **overrides)
+    x = parity_inputs(7)
     data = build_fast_onnx(model, form=form, precision="int8")
     np.testing.assert_allclose(Int8LstmPredictor(data, batch_size=16).predict(x), reference_predict(data, x),
                                rtol=0, atol=1e-6)
@@ -106,8 +114,8 @@ def test_int8_scores_on_an_emulated_cpu_without_vnni_equal_the_reference(tmp_pat
         pytest.skip("qemu-x86_64 (Debian's qemu-user) is not installed")
     import models.int8_maths as int8_maths
 
-    model = tiny(seed=5, maxlen=7, **DEFAULT_LIKE)
-    x = inputs(7)
+    model = lstm_tiny(seed=5, maxlen=7, **DEFAULT_LIKE)
+    x = parity_inputs(7)
     data = build_fast_onnx(model, precision="int8")
     np.testing.assert_allclose(emulated_predict(data, x, tmp_path), reference_predict(data, x), rtol=0, atol=1e-6)
 
@@ -120,8 +128,8 @@ def test_int8_scores_on_an_emulated_cpu_without_vnni_equal_the_reference(tmp_pat
 @pytest.mark.parametrize("overrides", [dict(), DEFAULT_LIKE], ids=["seed-like", "default-like"])
 @pytest.mark.parametrize("form", FORMS)
 def test_int8_graph_is_close_to_float32_deterministic_and_batch_independent(overrides, form):
-    model = tiny(seed=5, maxlen=7, **overrides)
-    x = inputs(7)
+    model = lstm_tiny(seed=5, maxlen=7, **overrides)
+    x = parity_inputs(7)
     exact = FastLstmPredictor(build_fast_onnx(model, form=form), batch_size=16).predict(x)
     data = build_fast_onnx(model, form=form, precision="int8")
     ops = _ops(data)
@@ -140,13 +148,7 @@ def test_int8_graph_is_close_to_float32_deterministic_and_batch_independent(over
 
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
-        build_fast_onnx(tiny(maxlen=4), precision="int4")
-
-
-def _labelled(model, n: int = 300):
-    x = np.concatenate([inputs(7), probe_batch(VOCAB, 7, n=n, seed=9)])
-    y = (FastLstmPredictor(build_fast_onnx(model)).predict(x) >= 0.5).astype(np.int8)
-    return x, y  # labels the float32 model gets all right: accuracy 1.0
+        build_fast_onnx(lstm_tiny(maxlen=4), precision="int4")
 
 
 def _stored_int8(files: dict[str, bytes]) -> Int8LstmPredictor:
@@ -155,9 +157,9 @@ def _stored_int8(files: dict[str, bytes]) -> Int8LstmPredictor:
 
 
 def test_int8_export_is_approved_within_the_accuracy_bound_only():
-    model = tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
-    x, y = _labelled(model)
-    probe = probe_batch(VOCAB, 7, n=32, seed=1)
+    model = lstm_tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
+    x, y = float_labelled(model)
+    probe = probe_batch(LSTM_VOCAB, 7, n=32, seed=1)
     files, record = int8_export(model, x, y, 1.0, probe, max_drop=1.0)
     int8 = _stored_int8(files)
     expected_accuracy = float(np.mean((int8.predict(x) >= 0.5) == y))
@@ -178,9 +180,9 @@ def test_int8_export_of_an_unsupported_topology_says_why():
     import keras
 
     inputs_ = keras.Input((7,), dtype="int32")
-    h = keras.layers.GRU(3)(keras.layers.Embedding(VOCAB, 4)(inputs_))
+    h = keras.layers.GRU(3)(keras.layers.Embedding(LSTM_VOCAB, 4)(inputs_))
     model = keras.Model(inputs_, keras.layers.Dense(1, activation="sigmoid")(h))
-    x = probe_batch(VOCAB, 7, n=20)
+    x = probe_batch(LSTM_VOCAB, 7, n=20)
     files, record = int8_export(model, x, np.zeros(20, np.int8), 1.0, x)
     assert files == {} and not record["approved"] and "GRU" in record["reason"]
 
@@ -189,8 +191,8 @@ def test_int8_export_that_onnx_runtime_cannot_run_leaves_registration_alone(monk
     import models.gate_graph as gate_graph
 
     monkeypatch.setattr(gate_graph, "build_fast_parts", lambda model, precision: (b"not an onnx model", b""))
-    model = tiny(seed=6, maxlen=7)
-    x = probe_batch(VOCAB, 7, n=20)
+    model = lstm_tiny(seed=6, maxlen=7)
+    x = probe_batch(LSTM_VOCAB, 7, n=20)
     files, record = int8_export(model, x, np.zeros(20, np.int8), 1.0, x)
     assert files == {} and not record["approved"] and record["reason"].startswith("ONNX Runtime cannot run")
 
@@ -198,22 +200,16 @@ def test_int8_export_that_onnx_runtime_cannot_run_leaves_registration_alone(monk
 @pytest.fixture(scope="module")
 def int8_registry(tmp_path_factory):
     """A registry with one version that has an approved int8 graph and one that has none."""
-    model = tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
-    x, y = _labelled(model)
-    prep = tiny_config().preprocessing(vocab_size=VOCAB)
-    probe = probe_batch(VOCAB, 7, n=48, seed=2)
+    model = lstm_tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
+    x, y = float_labelled(model)
+    prep = DEFAULT_LIKE_CONFIG.preprocessing(vocab_size=LSTM_VOCAB)
+    probe = probe_batch(LSTM_VOCAB, 7, n=48, seed=2)
     reg = ModelRegistry(str(tmp_path_factory.mktemp("registry")))
     files, record = int8_export(model, x, y, 1.0, probe, max_drop=1.0)
     with_int8 = reg.register(model, prep, None, {"preset": "default", "int8": record}, probe, extra_files=files)
     _, refused = int8_export(model, x, y, 1.0, probe, max_drop=-0.001)
     without = reg.register(model, prep, None, {"preset": "default", "int8": refused}, probe)
     return {"registry": reg, "model": model, "with": with_int8, "without": without, "x": x, "files": files}
-
-
-def tiny_config():
-    from tests.test_fast_lstm import TINY
-
-    return TINY.with_overrides(maxlen=7, **DEFAULT_LIKE)
 
 
 def test_registry_serves_int8_only_when_approved_and_checks_it(int8_registry):
@@ -228,14 +224,14 @@ def test_registry_serves_int8_only_when_approved_and_checks_it(int8_registry):
 
 def test_versions_with_a_full_range_int8_graph_are_refused_for_int8(tmp_path):
     """Graphs registered before scheme 2 give CPU-dependent scores: never served, with a reason."""
-    model = tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
-    x, y = _labelled(model)
-    probe = probe_batch(VOCAB, 7, n=48, seed=2)
+    model = lstm_tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
+    x, y = float_labelled(model)
+    probe = probe_batch(LSTM_VOCAB, 7, n=48, seed=2)
     files, record = int8_export(model, x, y, 1.0, probe, max_drop=1.0)
     assert record["scheme"] == INT8_SCHEME
     old = {k: v for k, v in record.items() if k != "scheme"}  # what earlier registrations wrote
     reg = ModelRegistry(str(tmp_path))
-    version = reg.register(model, tiny_config().preprocessing(vocab_size=VOCAB), None, {"int8": old}, probe,
+    version = reg.register(model, DEFAULT_LIKE_CONFIG.preprocessing(vocab_size=LSTM_VOCAB), None, {"int8": old}, probe,
                            extra_files=files)
     with pytest.raises(RegistryError, match="refused for predictor=int8: .*no recorded int8 scheme.*VNNI.*auto"):
         reg.load_predictor(version, kind="int8")
@@ -243,16 +239,16 @@ def test_versions_with_a_full_range_int8_graph_are_refused_for_int8(tmp_path):
 
 
 def test_int8_probe_scores_that_do_not_reproduce_are_refused(tmp_path):
-    model = tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
-    x, y = _labelled(model)
-    probe = probe_batch(VOCAB, 7, n=48, seed=2)
+    model = lstm_tiny(seed=6, maxlen=7, **DEFAULT_LIKE)
+    x, y = float_labelled(model)
+    probe = probe_batch(LSTM_VOCAB, 7, n=48, seed=2)
     files, record = int8_export(model, x, y, 1.0, probe, max_drop=1.0)
     scores = np.load(io.BytesIO(files[INT8_PROBE_SCORES]))
     buf = io.BytesIO()
     np.save(buf, scores + np.float32(1e-3))  # what a runtime computing something else would give
     files[INT8_PROBE_SCORES] = buf.getvalue()
     reg = ModelRegistry(str(tmp_path))
-    version = reg.register(model, tiny_config().preprocessing(vocab_size=VOCAB), None, {"int8": record}, probe,
+    version = reg.register(model, DEFAULT_LIKE_CONFIG.preprocessing(vocab_size=LSTM_VOCAB), None, {"int8": record}, probe,
                            extra_files=files)
     with pytest.raises(RegistryError, match="int8 predictor differs"):
         reg.load_predictor(version, kind="int8")
@@ -261,12 +257,12 @@ def test_int8_probe_scores_that_do_not_reproduce_are_refused(tmp_path):
 def test_score_reviews_with_the_int8_predictor(tmp_path, int8_registry, prefect_api):
     from flows.score import score_reviews
     from infra import storage
-    from infra.reviews_dump import dump_table, write_dump
+    from infra.dump_writer import dump_table, write_dump
     from models.preprocessing import to_matrix
     from tests.tinymodel import random_tokens, read_output
 
     reg = int8_registry["registry"]
-    tokens = random_tokens(np.random.default_rng(4), 400, vocab=VOCAB)
+    tokens = random_tokens(np.random.default_rng(4), 400, vocab=LSTM_VOCAB)
     src, out = str(tmp_path / "in"), str(tmp_path / "out")
     write_dump(dump_table(np.arange(400), tokens), src, rows_per_file=200, row_group_size=50)
     summary = score_reviews(input=src, output=out, registry=reg.root.uri, model=int8_registry["with"],

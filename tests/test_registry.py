@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from infra import storage
-from models.architecture import build_model
 from models.onnx_graph import TABLES_FILE
 from models.predictors import KerasPredictor, check_parity, keras_reference, probe_batch
 from models.presets import TrainConfig
 from models.registry import ModelRegistry, RegistryError
+from tests.tinymodel import build_tiny
 
 CONFIG = TrainConfig(preset="seed", maxlen=8, embedding_dim=8, lstm_units=4)
 INPUT_DIM = 40
@@ -21,10 +21,7 @@ INPUT_DIM = 40
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    import keras
-
-    keras.utils.set_random_seed(1)
-    return build_model(CONFIG, INPUT_DIM)
+    return build_tiny(1, config=CONFIG, vocab_size=INPUT_DIM)
 
 
 def _register(registry: ModelRegistry, model, **meta) -> str:
@@ -120,7 +117,7 @@ def test_lambda_layer_is_refused(tmp_path):
     assert registry.versions() == []
 
     # A Lambda model smuggled into a version folder (checksums forged to match) is still refused on load.
-    good = build_model(CONFIG, INPUT_DIM)
+    good = build_tiny(1, config=CONFIG, vocab_size=INPUT_DIM)
     v1 = _register(registry, good)
     path = tmp_path / "versions" / v1 / "model.keras"
     model.save(str(path))
@@ -198,10 +195,7 @@ def _weights_h5_names(keras_bytes: bytes) -> list[str]:
 
 
 def test_registered_keras_file_holds_no_optimizer_state(tmp_path):
-    import keras
-
-    keras.utils.set_random_seed(5)
-    model = build_model(CONFIG, INPUT_DIM)  # compiled with Adam
+    model = build_tiny(5, config=CONFIG, vocab_size=INPUT_DIM)  # compiled with Adam
     rng = np.random.default_rng(0)
     model.fit(rng.integers(0, INPUT_DIM, (16, CONFIG.maxlen)), rng.integers(0, 2, (16, 1)), epochs=1, verbose=0)
     # The trained model really has optimizer state, so a clean file is the copy's doing.

@@ -9,7 +9,7 @@ import pytest
 from infra import storage
 from models.registry import ModelRegistry, RegistryError
 from models.retention import REMOVING, plan_prune, prune
-from tests.test_retrain_flow import run_cli, tiny_tgz  # noqa: F401  (module fixture)
+from tests.cli_process import run_cli, train_tiny
 from tests.tinymodel import register_tiny
 
 
@@ -120,12 +120,11 @@ def test_models_prune_cli(tmp_path):
     assert code == 2 and "keep must be a whole number >= 1" in err.strip().splitlines()[-1]
 
 
-def test_nightly_run_prunes_after_the_gate(tmp_path, tiny_tgz, prefect_api):  # noqa: F811
+def test_nightly_run_prunes_after_the_gate(tmp_path, tiny_tgz, prefect_api):
     from flows.retrain import retrain_sentiment
-    from tests.test_retrain_flow import _train
 
     registry = str(tmp_path / "registry")
-    first = _train(registry, tiny_tgz, "--epochs", "1")["version"]
+    first = train_tiny(registry, tiny_tgz, "--epochs", "1")["version"]
     reg = ModelRegistry(registry)
     extra = reg.register(reg.load_keras(first), reg.preprocessing(first), reg.vocabulary(first),
                          {"preset": "seed"}, reg.probe(first)[0])

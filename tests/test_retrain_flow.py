@@ -4,59 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 
 from models.registry import ModelRegistry
-from tests.test_imdb_sources import write_tgz
-
-GOOD = ["great", "wonderful", "superb", "loved", "fun"]
-BAD = ["awful", "boring", "terrible", "hated", "dull"]
-FILLER = ["the", "film", "plot", "actor", "was", "and", "a", "story"]
-
-
-def _reviews(rng, words, n):
-    return [" ".join(rng.choice(FILLER + words, size=rng.integers(5, 15))) + "<br />" for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def tiny_tgz(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    blocks = [(_reviews(rng, BAD, 60), 0), (_reviews(rng, BAD, 60), 0), (_reviews(rng, GOOD, 60), 1),
-              (_reviews(rng, GOOD, 60), 1)]
-    items = [{"t": t, "s": s} for texts, s in blocks for t in texts]
-    return write_tgz(tmp_path_factory.mktemp("data") / "tiny.tgz", reviews=items)
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    """The installed `reviews` command in its own process, as a user runs it.
-
-    It talks to the session's Prefect API when there is one (faster than an
-    ephemeral server) and inherits the S3 settings from the environment.
-    """
-    from prefect.settings import PREFECT_API_URL
-
-    env = dict(os.environ)
-    if PREFECT_API_URL.value():
-        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
-    exe = os.path.join(os.path.dirname(sys.executable), "reviews")
-    r = subprocess.run([exe, *argv], env=env, capture_output=True, text=True, timeout=600)
-    return r.returncode, r.stdout, r.stderr
-
-
-def _train(registry, tgz, *extra):
-    code, out, err = run_cli("train", "--preset", "seed", "--registry", registry, "--data", tgz, "--maxlen", "12",
-                             "--embedding-dim", "8", "--lstm-units", "8", "--batch-size", "16", *extra)
-    assert code == 0, err
-    return json.loads(out.strip().splitlines()[-1])
+from tests.cli_process import run_cli, train_tiny
+from tests.test_run_pictures import assert_run_shows_pictures_tags_and_first_version
 
 
 def test_train_cli_runs_the_flow_and_registers(tmp_path, tiny_tgz, prefect_api):
     registry = str(tmp_path / "registry")
-    summary = _train(registry, tiny_tgz, "--epochs", "3", "--learning-rate", "0.01")
+    summary = train_tiny(registry, tiny_tgz, "--epochs", "3", "--learning-rate", "0.01")
     assert set(summary) >= {"version", "test_accuracy", "test_auc", "train_seconds"}
     assert summary["test_accuracy"] > 0.8, "the sentiment words are easy to learn"
     reg = ModelRegistry(registry)
@@ -83,10 +41,11 @@ def test_train_cli_runs_the_flow_and_registers(tmp_path, tiny_tgz, prefect_api):
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["test-metrics"])))
     assert arts and "accuracy" in str(arts[-1].data)
+    assert_run_shows_pictures_tags_and_first_version(summary["version"])
 
     # Same seed, same data: the same model (reproducible), registered as a new version - which
     # predicts what the champion predicts on every review, so it does not replace it.
-    again = _train(registry, tiny_tgz, "--epochs", "3", "--learning-rate", "0.01", "--force")
+    again = train_tiny(registry, tiny_tgz, "--epochs", "3", "--learning-rate", "0.01", "--force")
     assert again["version"] != summary["version"]
     assert abs(again["test_accuracy"] - summary["test_accuracy"]) <= 0.005
     decisions = [r for r in reg.audit_log() if r["action"] == "gate"]

@@ -13,40 +13,11 @@ import pytest
 
 from flows.score import score_reviews
 from infra import storage
-from infra.reviews_dump import dump_table, write_dump
-from models.architecture import build_model
 from models.predictors import probe_batch
-from models.presets import TrainConfig
 from models.registry import ModelRegistry
 from models.scoring import ScoringSpec
-from models.text import Vocabulary
 from tasks.scoring import ScoringError, plan_scoring, score_unit
-from tests.tinymodel import assert_readable_everywhere
-
-WORDS = ["the", "a", "good", "bad", "movie", "great", "awful", "plot", "actor", "boring", "fun", "and"]
-VOCAB = Vocabulary(words=tuple(WORDS))
-CONFIG = TrainConfig(preset="seed", maxlen=6, padding="post", truncating="post", embedding_dim=8, lstm_units=4)
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    import keras
-
-    keras.utils.set_random_seed(3)
-    model = build_model(CONFIG, VOCAB.size)
-    root = str(tmp_path_factory.mktemp("registry"))
-    prep = CONFIG.preprocessing(vocab_size=VOCAB.size)
-    version = ModelRegistry(root).register(model, prep, VOCAB.to_json(), {"preset": "seed"},
-                                           probe_batch(VOCAB.size, CONFIG.maxlen, n=32))
-    return {"uri": root, "version": version, "model": model}
-
-
-def _random_tokens(rng, n: int, vocab: int, max_len: int = 12) -> pa.Array:
-    lengths = rng.integers(1, max_len, size=n)
-    values = rng.integers(3, vocab, size=int(lengths.sum())).astype(np.int32)
-    values[np.cumsum(lengths) - lengths] = 1  # start marker, as the Keras scheme has it
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+from tests.tinymodel import CONFIG, VOCAB, make_dump, read_output
 
 
 def keras_scores(model, tokens: pa.Array) -> np.ndarray:
@@ -57,26 +28,13 @@ def keras_scores(model, tokens: pa.Array) -> np.ndarray:
     return model.predict(x, verbose=0).reshape(-1)
 
 
-def _make_dump(uri: str, n: int = 700, files_rows: int = 250, rg: int = 60, seed: int = 0) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    table = dump_table(np.arange(1000, 1000 + n), _random_tokens(rng, n, VOCAB.size))
-    write_dump(table, uri, rows_per_file=files_rows, row_group_size=rg)
-    return table
-
-
-def _read_output(uri: str) -> pa.Table:
-    assert_readable_everywhere(uri)  # one dataset for pyarrow and DuckDB, parts and _rejected/ parts
-    loc = storage.resolve(uri)
-    return ds.dataset(loc.path, filesystem=loc.fs, format="parquet").to_table().sort_by("review_id")
-
-
 def _roundtrip(in_uri: str, out_uri: str, registry) -> None:
-    table = _make_dump(in_uri)
+    table = make_dump(in_uri)
     summary = score_reviews(input=in_uri, output=out_uri, registry=registry["uri"], max_rows_per_unit=120,
                             batch_size=50)
     assert summary["rows_in"] == 700 and summary["rows_scored"] == 700 and summary["rows_rejected"] == 0
     assert summary["files"] == 3 and summary["model_version"] == registry["version"]
-    out = _read_output(out_uri)
+    out = read_output(out_uri).sort_by("review_id")
     assert out.schema.field("score").type == pa.float32()
     assert out.schema.field("label").type == pa.int8()
     assert out.schema.field("review_id").type == pa.int64()
@@ -111,7 +69,7 @@ def test_unit_task_runs_are_named_after_their_unit_and_untagged(tmp_path, regist
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     src, out = str(tmp_path / "in"), str(tmp_path / "out")
-    _make_dump(src, n=300, files_rows=150, rg=50)
+    make_dump(src, n=300, files_rows=150, rg=50)
     state = score_reviews(input=src, output=out, registry=registry["uri"], max_rows_per_unit=100,
                           return_state=True)
     units = [u["unit_id"] for u in storage.read_json(storage.resolve(out).join("_manifest.json"))["units"]]
@@ -141,7 +99,8 @@ def test_text_column_scores_like_its_tokens(tmp_path, registry, prefect_api):
     by_tokens = score_reviews(input=str(tmp_path / "reviews.parquet"), output=str(tmp_path / "by_tokens"),
                               registry=registry["uri"])
     assert by_text["rows_scored"] == by_tokens["rows_scored"] == 5
-    a, b = _read_output(str(tmp_path / "by_text")), _read_output(str(tmp_path / "by_tokens"))
+    a = read_output(str(tmp_path / "by_text")).sort_by("review_id")
+    b = read_output(str(tmp_path / "by_tokens")).sort_by("review_id")
     assert a.column("review_id").to_pylist() == ["a", "b", "c", "d", "e"]
     np.testing.assert_allclose(a.column("score").to_numpy(), b.column("score").to_numpy(), atol=1e-6)
 
@@ -192,7 +151,7 @@ def test_bad_input_is_rejected_with_reasons_and_counts_reconcile(tmp_path, regis
     src_b = [reason for reason, s in zip(rejected.column("reason").to_pylist(), rejected.column("source").to_pylist())
              if s.endswith("b-floats.parquet")]
     assert src_b == ["non-finite token id (NaN or inf)"]
-    scored = _read_output(str(out))
+    scored = read_output(str(out)).sort_by("review_id")
     assert sorted(scored.column("review_id").to_pylist()) == [1, 7, 10]
 
 
@@ -208,7 +167,7 @@ def test_reject_limit_fails_the_run_without_success_marker(tmp_path, registry, p
 
 def test_resume_after_crash_is_exactly_once(tmp_path, registry, prefect_api):
     src, out = str(tmp_path / "in"), str(tmp_path / "out")
-    table = _make_dump(src, n=600, files_rows=200, rg=50)
+    table = make_dump(src, n=600, files_rows=200, rg=50)
     reg = ModelRegistry(registry["uri"])
     spec = ScoringSpec(preprocessing=reg.preprocessing(registry["version"]), model_version=registry["version"])
     plan = plan_scoring.fn(src, out, spec, 100, False)
@@ -220,22 +179,22 @@ def test_resume_after_crash_is_exactly_once(tmp_path, registry, prefect_api):
     manifest = storage.read_json(storage.resolve(out).join("_manifest.json"))
     assert manifest["totals"]["units_skipped"] == 2
     assert summary["rows_scored"] == 600
-    ids = _read_output(out).column("review_id").to_pylist()
+    ids = read_output(out).sort_by("review_id").column("review_id").to_pylist()
     assert ids == table.column("review_id").to_pylist(), "no duplicates, no gaps"
 
     # overwrite=true redoes everything.
     summary = score_reviews(input=src, output=out, registry=registry["uri"], max_rows_per_unit=100, overwrite=True)
     manifest = storage.read_json(storage.resolve(out).join("_manifest.json"))
     assert manifest["totals"]["units_skipped"] == 0
-    assert _read_output(out).num_rows == 600
+    assert read_output(out).num_rows == 600
 
 
 def test_outputs_never_mix_inputs_or_models(tmp_path, registry, prefect_api):
     src, out = str(tmp_path / "in"), str(tmp_path / "out")
-    _make_dump(src, n=100, files_rows=100)
+    make_dump(src, n=100, files_rows=100)
     score_reviews(input=src, output=out, registry=registry["uri"])
     other = str(tmp_path / "other")
-    _make_dump(other, n=50, files_rows=50, seed=9)
+    make_dump(other, n=50, files_rows=50, seed=9)
     with pytest.raises(ScoringError, match="other inputs"):
         score_reviews(input=other, output=out, registry=registry["uri"])
     # Same inputs but a different model version: refuses to mix versions.
@@ -254,7 +213,8 @@ def test_missing_input_is_a_clear_error(tmp_path, registry, prefect_api):
 
 
 def test_runs_with_different_models_never_share_an_output(tmp_path, registry):
-    from tasks.scoring import ClaimHeartbeat, claim_output
+    from models.output_dataset import ClaimHeartbeat
+    from tasks.scoring import claim_output
 
     out = str(tmp_path / "out")
     first = claim_output.fn(out, "model-a", "run-1", "layout-1")
@@ -297,7 +257,7 @@ def test_claim_of_a_dead_process_on_this_host_is_stale(tmp_path):
 
 
 def test_record_batches_are_capped_in_tokens():
-    from tasks.scoring import BATCH_TOKENS, record_batch_rows
+    from models.scoring_steps import BATCH_TOKENS, record_batch_rows
 
     assert record_batch_rows(8192, 50) == 8192  # the seed model: the flow's batch_size
     assert record_batch_rows(8192, 500) == BATCH_TOKENS // 500 == 4194  # the default model

@@ -25,16 +25,11 @@ import pytest
 from infra import storage
 from infra.storage import StorageError
 from models.registry import ModelRegistry, RegistryError
+from tests.cli_process import REPO
 from tests.faultproxy import FaultProxy
-from tests.tinymodel import REPO, make_dump, register_tiny
+from tests.tinymodel import make_dump, register_tiny
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    uri = str(tmp_path_factory.mktemp("registry"))
-    return {"uri": uri, "version": register_tiny(uri)}
 
 
 # -- nothing secret in what a run leaves behind ------------------------------------------------------

@@ -303,7 +303,7 @@ def test_server_keeps_its_secret(s3_server):
 
 
 def test_second_server_runs_alongside_and_stops_cleanly(s3_server):
-    from infra.seaweed import SeaweedS3
+    from devtools.seaweed import SeaweedS3
 
     with SeaweedS3() as other:
         assert other.port != s3_server.port and other.secret_key != s3_server.secret_key

@@ -1,18 +1,21 @@
-"""Helpers shared by the reliability tests: a tiny registered model, tiny dumps,
-reading scoring output back, and running the ``reviews`` CLI as a real process.
+"""Tiny models, the token dumps they score, and reading back what they scored.
 
-The model is the one tests/test_scoring.py uses (Embedding(15, 8) -> LSTM(4)),
-so registering it (Keras save + ONNX export + parity check) takes a second or two.
+:func:`build_tiny` is the one builder of the tests' tiny Keras networks (models/architecture.py's
+topology, seeded); the shapes the tests use are named here:
+
+- ``VOCAB``/``CONFIG`` (Embedding(15, 8) -> LSTM(4), maxlen 6): the model the scoring and reliability
+  tests register (conftest.py's ``registry`` fixture, :func:`register_tiny`).  Registering it (Keras
+  save + ONNX export + parity check) takes a second or two, so :func:`tiny_model` builds it once per
+  process.
+- ``LSTM_VOCAB``/``LSTM_CONFIG`` (vocabulary 30, embedding 5, 3 units) with weights scaled up
+  (:func:`lstm_tiny`), so that gates saturate differently per token: any slip in gate order,
+  masking or direction of the gate-table graphs shows far above their 1e-5 tolerance.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +24,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from infra import storage
-from infra.reviews_dump import dump_table, write_dump
+from infra.dump_writer import dump_table, write_dump
 from models.predictors import probe_batch
 from models.presets import TrainConfig
 from models.text import Vocabulary
@@ -29,23 +32,76 @@ from models.text import Vocabulary
 WORDS = ["the", "a", "good", "bad", "movie", "great", "awful", "plot", "actor", "boring", "fun", "and"]
 VOCAB = Vocabulary(words=tuple(WORDS))
 CONFIG = TrainConfig(preset="seed", maxlen=6, padding="post", truncating="post", embedding_dim=8, lstm_units=4)
-REPO = Path(__file__).resolve().parents[1]
+
+LSTM_VOCAB = 30
+LSTM_CONFIG = TrainConfig(preset="seed", maxlen=6, embedding_dim=5, lstm_units=3)
+# The default preset's topology (masked, bidirectional, stacked, max-pooled, pre-padded) at tiny size.
+DEFAULT_LIKE = {"mask_zero": True, "bidirectional": True, "pooling": "max", "lstm_layers": 2, "padding": "pre"}
+DEFAULT_LIKE_CONFIG = LSTM_CONFIG.with_overrides(maxlen=7, **DEFAULT_LIKE)
 
 _models: dict[int, Any] = {}
 _lock = threading.Lock()
 
 
+def build_tiny(seed: int, *, config: TrainConfig = CONFIG, vocab_size: int = VOCAB.size, **overrides):
+    """A new network of ``config`` (with ``overrides``) over ``vocab_size`` token ids, seeded."""
+    import keras
+
+    from models.architecture import build_model
+
+    keras.utils.set_random_seed(seed)
+    return build_model(config.with_overrides(**overrides), vocab_size)
+
+
 def tiny_model(seed: int = 3):
-    """The same tiny network for a seed, built once per process."""
+    """The same ``CONFIG`` network for a seed, built once per process."""
     with _lock:
         if seed not in _models:
-            import keras
-
-            from models.architecture import build_model
-
-            keras.utils.set_random_seed(seed)
-            _models[seed] = build_model(CONFIG, VOCAB.size)
+            _models[seed] = build_tiny(seed)
         return _models[seed]
+
+
+def scaled(model, factor: float = 3.0):
+    """``model`` with every weight multiplied by ``factor`` (in place)."""
+    model.set_weights([w * factor for w in model.get_weights()])
+    return model
+
+
+def lstm_tiny(seed: int = 0, **overrides):
+    """A new ``LSTM_CONFIG`` network (with ``overrides``), weights scaled so gates saturate."""
+    return scaled(build_tiny(seed, config=LSTM_CONFIG, vocab_size=LSTM_VOCAB, **overrides))
+
+
+def padded(n: int, maxlen: int, padding: str, seed: int = 0) -> np.ndarray:
+    """Reviews of every length 0..maxlen (tokens 1..LSTM_VOCAB-1), padded one way."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, maxlen), np.int32)
+    for i in range(n):
+        length = i % (maxlen + 1) if i < maxlen + 1 else int(rng.integers(0, maxlen + 1))
+        tokens = rng.integers(1, LSTM_VOCAB, size=length)
+        if length:
+            if padding == "pre":
+                x[i, maxlen - length:] = tokens
+            else:
+                x[i, :length] = tokens
+    return x
+
+
+def parity_inputs(maxlen: int) -> np.ndarray:
+    """Post-padded, pre-padded and mixed rows, plus an all-padding row."""
+    return np.concatenate([padded(40, maxlen, "post", 1), padded(40, maxlen, "pre", 2),
+                           probe_batch(LSTM_VOCAB, maxlen, n=40, seed=3), np.zeros((1, maxlen), np.int32)])
+
+
+def float_labelled(model, n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs for a ``maxlen=7`` ``LSTM_VOCAB`` model, labelled with what its float32 gate-table graph
+    predicts: labels it gets all right (accuracy 1.0), so any accuracy an int8 graph loses shows."""
+    from models.fast_predictors import FastLstmPredictor
+    from models.gate_graph import build_fast_onnx
+
+    x = np.concatenate([parity_inputs(7), probe_batch(LSTM_VOCAB, 7, n=n, seed=9)])
+    y = (FastLstmPredictor(build_fast_onnx(model)).predict(x) >= 0.5).astype(np.int8)
+    return x, y
 
 
 def register_tiny(registry_uri: str, seed: int = 3) -> str:
@@ -141,21 +197,15 @@ def _plain(t: pa.DataType) -> pa.DataType:
 
 def part_versions(uri: str) -> dict[str, str | None]:
     """part name -> model version in its footer metadata, for every committed part."""
-    from infra import dumps
+    from infra.part_writer import part_metadata
 
     out = storage.resolve(uri)
     found = {}
     for info in storage.list_files(out, recursive=False):
         if info.base_name.startswith("part-"):
-            meta = dumps.part_metadata(storage.Location(out.fs, info.path, info.path))
+            meta = part_metadata(storage.Location(out.fs, info.path, info.path))
             found[info.base_name] = None if meta is None else meta.get("model_version")
     return found
-
-
-def all_part_versions(uri: str) -> set[str]:
-    """Distinct model_version values in the data of every part (the column, not the footer)."""
-    t = read_output(uri)
-    return set(t.column("model_version").cast(pa.string()).to_pylist()) if t.num_rows else set()
 
 
 def manifest(uri: str) -> dict[str, Any]:
@@ -183,57 +233,3 @@ def assert_exactly_once(out_uri: str, expected_ids: list, version: str | None = 
     if version is not None:
         assert m["model"]["version"] == version
     return t
-
-
-def write_table(path: str | os.PathLike, table: pa.Table, **kw) -> None:
-    pq.write_table(table, str(path), **kw)
-
-
-def prefect_api_url() -> str | None:
-    """The API URL of the running Prefect test harness (inside the ``prefect_api`` fixture)."""
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value()
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """os.environ (AWS_* of the session S3 server included) + the harness' Prefect API URL."""
-    env = dict(os.environ)
-    url = prefect_api_url()
-    if url:
-        env["PREFECT_API_URL"] = url
-    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
-def reviews_cli() -> list[str]:
-    exe = Path(sys.executable).parent / "reviews"
-    if exe.exists():
-        return [str(exe)]
-    return [sys.executable, "-m", "flows.cli"]
-
-
-def start_score(input_uri: str, output_uri: str, registry: str, *args: str, env: dict[str, str] | None = None,
-                log: Path | None = None) -> subprocess.Popen:
-    """``reviews score INPUT OUTPUT --registry R ARGS...`` as a real process (own session, for kill -9)."""
-    out = open(log, "wb") if log else subprocess.DEVNULL
-    try:
-        return subprocess.Popen(reviews_cli() + ["score", input_uri, output_uri, "--registry", registry, *args],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=env or subprocess_env(), cwd=str(REPO), start_new_session=True)
-    finally:
-        if log:
-            out.close()
-
-
-def last_json_line(text: str) -> dict[str, Any] | None:
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith("{") and line.endswith("}"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return None

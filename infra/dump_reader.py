@@ -1,5 +1,6 @@
-"""Review dumps on storage: finding input Parquet files, planning work units over
-their row groups, streaming a unit's record batches, and publishing output parts.
+"""Reading review dumps: finding the input Parquet files, planning work units over
+their row groups, and streaming a unit's record batches.  (Output parts are written
+by :mod:`infra.part_writer`, review dumps by :mod:`infra.dump_writer`.)
 
 A work unit is a file plus a contiguous row-group range, so units stay coarse (a
 dump of many files does not become thousands of tiny tasks) and each unit is
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import posixpath
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -23,7 +24,6 @@ import pyarrow.parquet as pq
 from infra import storage
 
 GLOB_CHARS = set("*?[")
-PART_META_KEY = b"reviews.scoring"
 
 
 @dataclass(frozen=True)
@@ -68,17 +68,21 @@ def _has_glob(text: str) -> bool:
     return any(c in GLOB_CHARS for c in text)
 
 
-def find_inputs(uri: str) -> tuple[storage.Location, list[InputFile]]:
-    """A Parquet file, a directory/prefix (all ``*.parquet`` below it) or a glob."""
+def find_inputs(uri: str, resolve: Callable[[str], storage.Location] = storage.resolve
+                ) -> tuple[storage.Location, list[InputFile]]:
+    """A Parquet file, a directory/prefix (all ``*.parquet`` below it) or a glob.
+
+    ``resolve``: how URIs become locations (a run's ``RunStorage.resolve``, to use its settings).
+    """
     if _has_glob(uri):
         # Resolve the part before the first glob component; match the rest.
         head, _, _ = uri.partition(next(c for c in uri if c in GLOB_CHARS))
         base_uri = head.rsplit("/", 1)[0] if "/" in head else "."
-        base = storage.resolve(base_uri)
+        base = resolve(base_uri)
         pattern = base.path.rstrip("/") + uri[len(base_uri):]
         infos = [i for i in storage.list_files(base) if fnmatch.fnmatchcase(i.path, pattern)]
     else:
-        base = storage.resolve(uri)
+        base = resolve(uri)
         try:
             info = base.fs.get_file_info(base.path)
         except (OSError, pa.ArrowException) as exc:
@@ -123,7 +127,7 @@ def plan_file(fs: pafs.FileSystem, f: InputFile, max_rows_per_unit: int,
     except (OSError, pa.ArrowException, ValueError) as exc:
         if storage.is_transient(exc):
             raise  # a throttled footer read is not a bad file: let the task retry
-        plan.error = f"{f.uri}: {_one_line(exc)}"
+        plan.error = f"{f.uri}: {one_line(exc)}"
         return plan
     # Known even when the schema does not fit, so that a failed file's rows are still counted.
     plan.rows, plan.row_groups, plan.schema = meta.num_rows, meta.num_row_groups, schema
@@ -131,7 +135,7 @@ def plan_file(fs: pafs.FileSystem, f: InputFile, max_rows_per_unit: int,
         try:
             check_schema(schema)
         except (pa.ArrowException, ValueError) as exc:
-            plan.error = f"{f.uri}: {_one_line(exc)}"
+            plan.error = f"{f.uri}: {one_line(exc)}"
             return plan
     group: list[int] = []
     group_rows = first = row = 0
@@ -150,7 +154,7 @@ def plan_file(fs: pafs.FileSystem, f: InputFile, max_rows_per_unit: int,
     return plan
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -168,49 +172,3 @@ def iter_unit_batches(pf: pq.ParquetFile, unit: Unit, columns: list[str],
                                  use_threads=True):
         yield row, batch
         row += batch.num_rows
-
-
-class PartWriter:
-    """Collects a unit's output and publishes it as one Parquet object on commit.
-
-    Output rows are small (id, score, label), so a unit's worth is held until the
-    unit has succeeded; a failure half way then leaves nothing behind to clean up.
-    """
-
-    def __init__(self, loc: storage.Location, schema: pa.Schema, metadata: dict[str, Any] | None = None):
-        self.loc, self.schema, self.rows = loc, schema, 0
-        self._tables: list[pa.Table] = []
-        self._metadata = metadata or {}
-
-    def write(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self._tables.append(table)
-            self.rows += table.num_rows
-
-    def commit(self, extra_metadata: dict[str, Any] | None = None) -> None:
-        meta = {**self._metadata, **(extra_metadata or {})}
-        schema = self.schema.with_metadata({PART_META_KEY: json.dumps(meta, sort_keys=True).encode()})
-
-        def _write(out: pa.NativeFile) -> None:
-            with pq.ParquetWriter(out, schema, compression="zstd") as writer:
-                for t in self._tables:
-                    writer.write_table(t.cast(self.schema).replace_schema_metadata(schema.metadata))
-                if not self._tables:
-                    writer.write_table(schema.empty_table())
-
-        storage.atomic_write(self.loc, _write)
-        self._tables = []
-
-
-def part_metadata(loc: storage.Location) -> dict[str, Any] | None:
-    """The scoring metadata stored in a committed part's footer, or None if there is no part."""
-    try:
-        pf = open_parquet(loc.fs, loc.path)
-    except FileNotFoundError:
-        return None
-    except (OSError, pa.ArrowException) as exc:
-        if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
-            return None
-        raise storage.describe_error(loc, exc) from exc
-    raw = (pf.schema_arrow.metadata or {}).get(PART_META_KEY)
-    return json.loads(raw) if raw else None

