@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from devtools.seaweed import SeaweedS3
+from tests.faultproxy import FaultProxy
 from infra import storage
 
 # Settings that would silently re-route or re-credential S3 access during tests.
@@ -102,6 +103,16 @@ def tiny_tgz(tmp_path_factory: pytest.TempPathFactory) -> str:
     from tests.training_data import sentiment_tgz
 
     return sentiment_tgz(tmp_path_factory.mktemp("data") / "tiny.tgz")
+
+
+@pytest.fixture
+def proxy(s3_server, monkeypatch):
+    """A fault proxy in front of the session's S3 server; AWS_ENDPOINT_URL_S3 points at it."""
+    with FaultProxy(s3_server.endpoint, max_lifetime=300) as p:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", p.endpoint)
+        storage._cached_s3.cache_clear()  # a fresh filesystem: its own retry quota, its own endpoint
+        yield p
+    storage._cached_s3.cache_clear()
 
 
 # Prefect: a real API for the session (Prefect's own test harness: a temporary database

@@ -38,16 +38,6 @@ PART = r"/part-[^/?]+\.parquet"
 
 
 @pytest.fixture
-def proxy(s3_server, monkeypatch):
-    """A fault proxy in front of the session's S3 server; AWS_ENDPOINT_URL_S3 points at it."""
-    with FaultProxy(s3_server.endpoint, max_lifetime=300) as p:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", p.endpoint)
-        storage._cached_s3.cache_clear()  # a fresh filesystem: its own retry quota, its own endpoint
-        yield p
-    storage._cached_s3.cache_clear()
-
-
-@pytest.fixture
 def quiet_bucket(s3_server, s3_client):
     """A bucket whose name has no digits and no vowels, so it can never contain one of the marker words
     infra.storage.is_transient looks for (see test_is_transient_looks_at_the_error_not_at_names).

@@ -18,7 +18,7 @@ import pytest
 
 from infra import storage
 from tests.cli_process import REPO, subprocess_env
-from tests.faultproxy import Fault, FaultProxy
+from tests.faultproxy import Fault
 from tests.tinymodel import assert_exactly_once, make_dump, manifest, read_output
 
 PART = r"/part-[^/?]+\.parquet"
@@ -128,16 +128,6 @@ def test_untracked_run_refuses_what_the_flow_refuses(tmp_path, registry):
         score_untracked(input=str(tmp_path), output=str(tmp_path / "out"), registry=registry["uri"], predictor="gpu")
     with pytest.raises(ValueError, match="threshold"):
         score_untracked(input=str(tmp_path), output=str(tmp_path / "out"), registry=registry["uri"], threshold=2.0)
-
-
-@pytest.fixture
-def proxy(s3_server, monkeypatch):
-    """A fault proxy in front of the session's S3 server; AWS_ENDPOINT_URL_S3 points at it."""
-    with FaultProxy(s3_server.endpoint, max_lifetime=300) as p:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", p.endpoint)
-        storage._cached_s3.cache_clear()
-        yield p
-    storage._cached_s3.cache_clear()
 
 
 def test_untracked_units_are_retried_as_the_task_declares(proxy, s3_bucket, registry, caplog):
