@@ -26,6 +26,7 @@ from models.output_dataset import OutputDataset
 from models.run_drift import merged_profile
 from tests.cli_process import run_cli
 from tests.events_api import read_events
+from tests.pictures import PNG_MAGIC, inline_pngs
 from tests.tinymodel import CONFIG, VOCAB, manifest, tiny_model
 
 WORD_IDS = np.arange(3, VOCAB.size - 1)  # the tiny vocabulary's words: ids 3..14
@@ -151,7 +152,13 @@ def test_a_dump_drawn_like_the_reference_has_no_drift(tmp_path, drift_registry, 
 
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["drift-report"])))
+        summaries = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["scoring-summary"])))
     assert any("Drift report: **no drift**" in str(a.data) for a in arts)
+    # The run's page shows the score histogram and the profile beside the reference as a picture.
+    (summary,) = [a for a in summaries if str(a.flow_run_id) == roles["flow-run"].removeprefix("prefect.flow-run.")]
+    (png,) = inline_pngs(str(summary.data))
+    assert png.startswith(PNG_MAGIC) and len(png) < 150_000
 
 
 def test_reviews_cut_to_ten_tokens_drift_in_length(tmp_path, drift_registry, prefect_api):

@@ -4,9 +4,6 @@ image was checked by hand in chromium (it does); these tests hold what that rend
 
 from __future__ import annotations
 
-import base64
-import re
-
 import numpy as np
 
 from models import evaluation
@@ -14,14 +11,7 @@ from models.presets import get_preset
 from models.promotion import decide, decision_markdown
 from models.training import fit
 from tasks.reporting import inline_png
-
-DATA_URI = re.compile(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def inline_pngs(markdown: str) -> list[bytes]:
-    """The PNGs a markdown artifact shows inline (a data URI is what Prefect's UI renders)."""
-    return [base64.b64decode(m, validate=True) for m in DATA_URI.findall(markdown)]
+from tests.pictures import PNG_MAGIC, inline_pngs
 
 
 def one_epoch_fit():
@@ -78,3 +68,20 @@ def assert_run_shows_pictures_tags_and_first_version(version: str) -> None:
     assert len(pictures) == 1 and pictures[0].startswith(PNG_MAGIC) and len(pictures[0]) < 150_000
     gate_text = [str(a.data) for a in gates if a.flow_run_id == run.id]
     assert len(gate_text) == 1 and "promoted without comparison" in gate_text[0]
+
+
+def test_dump_profile_picture_shows_this_dump_beside_the_reference():
+    from models.dump_profile import DumpProfile
+    from models.profile_chart import profile_png
+
+    rng = np.random.default_rng(3)
+    def profile(n: int, maxlen: int) -> DumpProfile:
+        import pyarrow as pa
+
+        tokens = pa.array([list(rng.integers(3, 500, size=rng.integers(1, maxlen))) for _ in range(n)])
+        return DumpProfile.from_batch(tokens, rng.random(n).astype(np.float32), num_words=400)
+
+    for reference in (profile(300, 200), None):  # a version registered before profiles has none
+        png = profile_png(profile(200, 20), reference)
+        assert png.startswith(PNG_MAGIC) and len(png) < 150_000, "small enough to inline into an artifact"
+        assert inline_pngs(inline_png("profile", png)) == [png]
