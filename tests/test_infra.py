@@ -547,3 +547,39 @@ def test_documented_deployment_names_exist(project):
     assert found
     for where, ref in found:
         assert ref in real, f"{where}: {ref} is not one of {sorted(real)}"
+
+
+def test_serve_declares_what_prefect_yaml_declares(project, prefect_api, monkeypatch):
+    """`reviews serve` and `prefect deploy` give the same deployments: parameters, tags, schedules,
+    concurrency and triggers, with the same environment defaults."""
+    from flows.serve import deployments
+
+    monkeypatch.chdir(REPO)
+    for var in ("REVIEWS_NIGHTLY_CRON", "REVIEWS_NIGHTLY_TIMEZONE", "REVIEWS_DUMPS_ROOT", "REVIEWS_SCORES_ROOT",
+                "REVIEWS_DISCOVERY_CRON"):
+        monkeypatch.delenv(var, raising=False)
+    served = {d.name: d for d in deployments()}
+    assert set(served) == {d["name"] for d in project["deployments"]}
+    for declared in project["deployments"]:
+        d, schedules = _deploy_time(project, declared)
+        s = served[d["name"]]
+        flow = _flow(d["entrypoint"])
+        assert s.flow_name == flow.name, d["name"]
+        # prefect.yaml spells some flow defaults out: compare what a run of each would get.
+        defaults = {k: v.default for k, v in inspect.signature(flow.fn).parameters.items()
+                    if v.default is not inspect.Parameter.empty}
+        assert {**defaults, **(s.parameters or {})} == {**defaults, **(d.get("parameters") or {})}, d["name"]
+        assert set(s.tags) == set(d.get("tags") or []), d["name"]
+        assert [(x.schedule.cron, x.schedule.timezone) for x in s.schedules or []] == \
+            [(x["schedule"].cron, x["schedule"].timezone) for x in schedules if x.get("active", True)], d["name"]
+        limit = d.get("concurrency_limit")
+        if isinstance(limit, dict):
+            assert (s.concurrency_limit, s.concurrency_options.collision_strategy.value) == \
+                (limit["limit"], limit["collision_strategy"]), d["name"]
+        else:
+            assert s.concurrency_limit == limit, d["name"]
+        triggers = [t for t in d.get("triggers") or [] if t.get("enabled", True)]
+        assert len(s.triggers or []) == len(triggers), d["name"]
+        for got, want in zip(s.triggers or [], triggers):
+            assert set(got.expect) == set(want["expect"]) and got.parameters == want.get("parameters")
+            assert got.match.root == want["match"]
