@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.score import score_reviews
 from infra.settings import default_registry
 from models.dump_discovery import READY, Partition
-from tasks.discovery import OWN_PARAMETERS, discover_partitions, score_partition
+from tasks.discovery import OWN_PARAMETERS, discover_partitions, output_root_slot, score_partition
 from tasks.reporting import logger, markdown, short_uri
 
 DEFAULT_DEPLOYMENT = "score-reviews/score-reviews"
@@ -93,40 +93,42 @@ def score_new_dumps(
     if max_concurrent < 1:
         raise ValueError("max_concurrent must be >= 1")
     params = _checked_score_parameters(score_parameters)
-    champion = None
-    if rescore_on_promotion:
-        if params.get("model", "champion") != "champion":
-            # Outputs of any other model never match the champion: every run would rescore them again.
-            raise ValueError("rescore_on_promotion scores with the champion; do not set score_parameters.model")
-        from models.registry import ModelRegistry
+    # The champion and the partitions are read inside the slot: a run that waited sees the other's work.
+    with output_root_slot(output_root):
+        champion = None
+        if rescore_on_promotion:
+            if params.get("model", "champion") != "champion":
+                # Outputs of any other model never match the champion: every run would rescore them again.
+                raise ValueError("rescore_on_promotion scores with the champion; do not set score_parameters.model")
+            from models.registry import ModelRegistry
 
-        champion = ModelRegistry(registry or default_registry()).resolve("champion")
-        # The exact version, not "champion": a promotion during this run must not give some
-        # partitions the new champion and leave the rest compared against the old one.
-        params["model"] = champion
-    if deployment:
-        _check_deployment(deployment)
+            champion = ModelRegistry(registry or default_registry()).resolve("champion")
+            # The exact version, not "champion": a promotion during this run must not give some
+            # partitions the new champion and leave the rest compared against the old one.
+            params["model"] = champion
+        if deployment:
+            _check_deployment(deployment)
 
-    found = discover_partitions(input_root, output_root, champion)
-    partitions = [Partition(**p) for p in found["to_score"]]
-    summary: dict[str, Any] = {"scored": {}, "skipped_complete": found["skipped_complete"],
-                               "not_ready": found["not_ready"], "failed": {}}
-    if partitions:
-        runner = ThreadPoolTaskRunner(max_workers=max_concurrent)
-        with runner:
-            futures = runner.map(score_partition, parameters={
-                "partition": partitions, "deployment": unmapped(deployment), "registry": unmapped(registry),
-                "score_parameters": unmapped(params),
-                "subflow": unmapped(None if deployment else score_reviews)})
-            for partition, future in zip(partitions, futures):
-                future.wait()
-                if future.state.is_completed():
-                    summary["scored"][partition.name] = future.result()
-                else:
-                    error = future.result(raise_on_failure=False)
-                    summary["failed"][partition.name] = str(error) if isinstance(error, BaseException) \
-                        else (future.state.message or future.state.name)
-                    logger().error("partition %s failed: %s", partition.name, summary["failed"][partition.name])
+        found = discover_partitions(input_root, output_root, champion)
+        partitions = [Partition(**p) for p in found["to_score"]]
+        summary: dict[str, Any] = {"scored": {}, "skipped_complete": found["skipped_complete"],
+                                   "not_ready": found["not_ready"], "failed": {}}
+        if partitions:
+            runner = ThreadPoolTaskRunner(max_workers=max_concurrent)
+            with runner:
+                futures = runner.map(score_partition, parameters={
+                    "partition": partitions, "deployment": unmapped(deployment), "registry": unmapped(registry),
+                    "score_parameters": unmapped(params),
+                    "subflow": unmapped(None if deployment else score_reviews)})
+                for partition, future in zip(partitions, futures):
+                    future.wait()
+                    if future.state.is_completed():
+                        summary["scored"][partition.name] = future.result()
+                    else:
+                        error = future.result(raise_on_failure=False)
+                        summary["failed"][partition.name] = str(error) if isinstance(error, BaseException) \
+                            else (future.state.message or future.state.name)
+                        logger().error("partition %s failed: %s", partition.name, summary["failed"][partition.name])
     markdown("score-new-dumps", _summary_markdown(summary), "Partitions scored, failed, not ready")
     if summary["failed"]:
         return Failed(message=f"{len(summary['failed'])} of {len(partitions)} partition(s) failed: "

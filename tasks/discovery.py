@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 from prefect import task
@@ -15,6 +18,47 @@ from tasks.retries import TRANSIENT_RETRIES
 
 # Set by score-new-dumps itself; the rest of score-reviews' parameters may be forwarded.
 OWN_PARAMETERS = ("input", "output", "overwrite", "registry")
+
+
+def slot_name(output_root: str) -> str:
+    """The global concurrency limit that runs over ``output_root`` share (a hash: limit names are short)."""
+    return "score-new-dumps-" + hashlib.sha256(output_root.rstrip("/").encode()).hexdigest()[:16]
+
+
+def _ensure_limit(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+            return  # an operator's setting (e.g. limit 0 to pause discovery) stays as it is
+        except ObjectNotFound:
+            pass
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:
+            pass  # another run created it first
+
+
+@contextmanager
+def output_root_slot(output_root: str) -> Iterator[None]:
+    """One score-new-dumps run at a time per output root, whichever deployment started it.
+
+    The deployments' own limits only keep one of *their* runs at a time: an after-promotion run
+    overwriting a partition that an hourly run is scoring would lose the claim and fail that
+    partition, leaving the older model's scores until the next promotion.  So the runs queue
+    on one global concurrency limit per output root, and a run that waited discovers afresh.
+    """
+    from prefect.concurrency.sync import concurrency
+
+    name = slot_name(output_root)
+    _ensure_limit(name)
+    logger().info("waiting for concurrency limit %s (one score-new-dumps run per output root %s)",
+                  name, output_root)
+    with concurrency(name, occupy=1, strict=True):
+        yield
 
 
 class PartitionScoringError(RuntimeError):

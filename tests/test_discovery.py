@@ -201,3 +201,31 @@ def test_bad_score_parameters_are_refused_before_anything_runs(tmp_path, registr
                             rescore_on_promotion=True, score_parameters={"model": "latest"}, return_state=True)
     assert state.is_failed() and "rescore_on_promotion" in state.message
     assert not storage.exists(storage.resolve(dst))
+
+
+def test_runs_over_one_output_root_queue_on_one_slot(tmp_path, registry, prefect_api):
+    """An hourly and an after-promotion run never score the same output root at once: the second
+    waits for the slot, then discovers afresh (and finds the first one's work done)."""
+    import threading
+
+    from prefect.client.orchestration import get_client
+
+    from tasks.discovery import output_root_slot, slot_name
+
+    src, dst = str(tmp_path / "dumps"), str(tmp_path / "scores")
+    ids = _dump(src, "2024-07-01", seed=4, first_id=0)
+    results: list = []
+    with output_root_slot(dst):  # another run over dst holds the slot
+        worker = threading.Thread(target=lambda: results.append(_run(src, dst, registry["uri"])))
+        worker.start()
+        worker.join(8)
+        assert worker.is_alive() and not storage.exists(storage.resolve(f"{dst}/2024-07-01")), \
+            "the run scored while another run held the output root's slot"
+    worker.join(120)
+    (state, summary), = results
+    assert state.is_completed() and list(summary["scored"]) == ["2024-07-01"], summary
+    assert_exactly_once(f"{dst}/2024-07-01", ids, registry["version"])
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(slot_name(dst))
+    assert (limit.limit, limit.active_slots) == (1, 0), "created once, released after the run"
+    assert slot_name(dst + "/") == slot_name(dst) != slot_name(str(tmp_path / "other"))
