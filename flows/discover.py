@@ -47,6 +47,18 @@ def _check_deployment(name: str) -> None:
                              "or pass deployment=None to score in subflows of this run") from None
 
 
+def _resolve(registry: str | None, ref: str, required: bool) -> str | None:
+    """``ref``'s exact version; None (the runs resolve it and say why not) when it is not required."""
+    from models.registry import ModelRegistry, RegistryError
+
+    try:
+        return ModelRegistry(registry or default_registry()).resolve(ref)
+    except (RegistryError, FileNotFoundError):
+        if required:
+            raise
+        return None
+
+
 def _summary_markdown(summary: dict[str, Any]) -> str:
     rows = [f"| {n} | scored ({s['reason']}{', overwritten' if s['overwrite'] else ''}) | "
             f"{s['model_version']}, {s['rows_scored']:,} of {s['rows_in']:,} rows |" for n, s in summary["scored"].items()]
@@ -100,16 +112,17 @@ def score_new_dumps(
             if params.get("model", "champion") != "champion":
                 # Outputs of any other model never match the champion: every run would rescore them again.
                 raise ValueError("rescore_on_promotion scores with the champion; do not set score_parameters.model")
-            from models.registry import ModelRegistry
-
-            champion = ModelRegistry(registry or default_registry()).resolve("champion")
-            # The exact version, not "champion": a promotion during this run must not give some
-            # partitions the new champion and leave the rest compared against the old one.
-            params["model"] = champion
+            champion = _resolve(registry, "champion", required=True)
+        # The exact version, not "champion": a promotion during this run must not give some
+        # partitions the new champion and leave the rest compared against the old one.  Knowing it
+        # also lets discovery restart an output interrupted under another model.
+        model = champion or _resolve(registry, params.get("model", "champion"), required=False)
+        if model is not None:
+            params["model"] = model
         if deployment:
             _check_deployment(deployment)
 
-        found = discover_partitions(input_root, output_root, champion)
+        found = discover_partitions(input_root, output_root, champion, model)
         partitions = [Partition(**p) for p in found["to_score"]]
         summary: dict[str, Any] = {"scored": {}, "skipped_complete": found["skipped_complete"],
                                    "not_ready": found["not_ready"], "failed": {}}

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from infra import storage
+from infra.part_writer import part_metadata
 
 READY = "_READY"
 SUCCESS = "_SUCCESS"
@@ -38,9 +39,11 @@ class Partition:
     name: str
     input: str
     output: str
-    reason: str  # "new" (no output), "incomplete" (no _SUCCESS yet) or "rescore" (older champion)
+    # "new" (no output), "incomplete" (no _SUCCESS yet: resumed), "restart" (no _SUCCESS, and its
+    # parts are another model's: they cannot be resumed) or "rescore" (complete, older champion)
+    reason: str
     overwrite: bool = False
-    scored_by: str | None = None  # the model version the earlier output's manifest names
+    scored_by: str | None = None  # the model version of the earlier output (its manifest, else a part)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,25 +96,39 @@ def _scored_by(out: storage.Location) -> str | None:
     try:
         return storage.read_json(out.join(MANIFEST)).get("model", {}).get("version")
     except FileNotFoundError:
-        return None
+        pass
     except ValueError:  # not JSON: treated like a manifest that names no version
         return None
+    # No manifest: an interrupted run.  Its committed parts say which model wrote them (a part's
+    # footer; one output holds one model's parts, score-reviews refuses to mix them).
+    for info in storage.list_files(out, recursive=False):
+        if info.base_name.startswith("part-"):
+            meta = part_metadata(out.join(info.base_name))
+            if meta is not None:
+                return meta.get("model_version")
+    return None
 
 
 def _classify(name: str, src: storage.Location, dst: storage.Location, champion: str | None,
-              output_dirs: set[str]) -> tuple[str, Partition | None]:
+              output_dirs: set[str], model: str | None = None) -> tuple[str, Partition | None]:
     part_in, part_out = src.join(name), dst.join(name)
     if not storage.exists(part_in.join(READY)):
         return "not_ready", None
     if name not in output_dirs:  # saves two requests per partition that was never scored
         return "score", Partition(name, part_in.uri, part_out.uri, "new")
     complete = storage.exists(part_out.join(SUCCESS))
-    if champion is not None:
+    expected = champion or model
+    if expected is not None and (champion is not None or not complete):
         # A manifest is written before _SUCCESS, so an incomplete output can have one too (a run
         # the reject limit refused); either way it says which model the partition was scored with.
         scored_by = _scored_by(part_out)
-        if scored_by is not None and scored_by != champion:
-            return "score", Partition(name, part_in.uri, part_out.uri, "rescore", overwrite=True,
+        if scored_by is not None and scored_by != expected:
+            if complete:
+                return "score", Partition(name, part_in.uri, part_out.uri, "rescore", overwrite=True,
+                                          scored_by=scored_by)
+            # Interrupted under another model (e.g. before a promotion): the run would refuse its
+            # parts on every attempt, so it starts over; nothing complete is lost.
+            return "score", Partition(name, part_in.uri, part_out.uri, "restart", overwrite=True,
                                       scored_by=scored_by)
     if complete:
         return "skipped_complete", None
@@ -120,12 +137,14 @@ def _classify(name: str, src: storage.Location, dst: storage.Location, champion:
 
 
 def discover(input_root: str, output_root: str, champion: str | None = None,
-             threads: int = CHECK_THREADS) -> Discovery:
+             threads: int = CHECK_THREADS, model: str | None = None) -> Discovery:
     """Sort every partition under ``input_root`` into to-score / complete / not ready.
 
     ``champion``: when given, complete outputs whose manifest names another model version
     are picked again, with ``overwrite=True`` (rescore on promotion); otherwise a complete
-    output is never touched, and nothing is ever overwritten.
+    output is never touched.  ``model``: the exact version the runs will score with (default
+    ``champion``); an incomplete output written by another model is restarted (``overwrite``),
+    since resuming it would be refused.
     """
     check_roots(input_root, output_root)
     src, dst = storage.resolve(input_root), storage.resolve(output_root)
@@ -133,7 +152,7 @@ def discover(input_root: str, output_root: str, champion: str | None = None,
     output_dirs = set(storage.list_dirs(dst)) if names else set()
     found = Discovery()
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        verdicts = pool.map(lambda n: _classify(n, src, dst, champion, output_dirs), names)
+        verdicts = pool.map(lambda n: _classify(n, src, dst, champion, output_dirs, model), names)
         for name, (verdict, partition) in zip(names, verdicts):
             if verdict == "score":
                 found.to_score.append(partition)

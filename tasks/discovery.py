@@ -66,8 +66,9 @@ class PartitionScoringError(RuntimeError):
 
 
 @task(name="discover-partitions", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def discover_partitions(input_root: str, output_root: str, champion: str | None = None) -> dict[str, Any]:
-    found = dump_discovery.discover(input_root, output_root, champion)
+def discover_partitions(input_root: str, output_root: str, champion: str | None = None,
+                        model: str | None = None) -> dict[str, Any]:
+    found = dump_discovery.discover(input_root, output_root, champion, model=model)
     log = logger()
     log.info("%d partition(s) to score, %d complete, %d not ready under %s",
              len(found.to_score), len(found.skipped_complete), len(found.not_ready), input_root)

@@ -229,3 +229,30 @@ def test_runs_over_one_output_root_queue_on_one_slot(tmp_path, registry, prefect
         limit = client.read_global_concurrency_limit_by_name(slot_name(dst))
     assert (limit.limit, limit.active_slots) == (1, 0), "created once, released after the run"
     assert slot_name(dst + "/") == slot_name(dst) != slot_name(str(tmp_path / "other"))
+
+
+def test_output_interrupted_under_an_older_model_is_restarted_with_the_new_one(tmp_path, prefect_api):
+    """A run killed before its manifest leaves only parts; after a promotion, resuming them would be
+    refused on every attempt, so the hourly run (no rescore_on_promotion) starts that output over."""
+    from models.registry import ModelRegistry
+
+    reg_uri = str(tmp_path / "registry")
+    v1 = register_tiny(reg_uri, seed=3)
+    src, dst = str(tmp_path / "dumps"), str(tmp_path / "scores")
+    ids = _dump(src, "p1", seed=1, first_id=0)
+    state, _ = _run(src, dst, reg_uri)
+    assert state.is_completed()
+    out = storage.resolve(f"{dst}/p1")
+    for name in (SUCCESS, MANIFEST):  # interrupted after its parts, before the manifest
+        storage.delete_file(out.join(name))
+    assert discover(src, dst).to_score[0].reason == "incomplete", "without a model to compare: resumed"
+
+    v2 = register_tiny(reg_uri, seed=5)
+    ModelRegistry(reg_uri).promote(v2, reason="test")
+    (p,) = discover(src, dst, model=v2).to_score
+    assert (p.reason, p.overwrite, p.scored_by) == ("restart", True, v1)
+    state, summary = _run(src, dst, reg_uri)
+    assert state.is_completed(), summary
+    s = summary["scored"]["p1"]
+    assert (s["reason"], s["overwrite"], s["scored_by_before"], s["model_version"]) == ("restart", True, v1, v2)
+    assert_exactly_once(f"{dst}/p1", ids, v2)
