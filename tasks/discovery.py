@@ -33,7 +33,7 @@ def _ensure_limit(name: str) -> None:
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(name)
-            return  # an operator's setting (e.g. limit 0 to pause discovery) stays as it is
+            return  # a limit an operator changed stays as it is
         except ObjectNotFound:
             pass
         try:
