@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
                             'print {"skipped": true, ...} (default: always train, write and score)')
     quick.set_defaults(func=cmd_quickstart)
 
-    srv = sub.add_parser("serve", help="serve score-reviews, the nightly retrain, the hourly dump discovery and the rescoring after a promotion from this process")
+    srv = sub.add_parser("serve", help="serve score-reviews, the nightly retrain, the hourly dump discovery and "
+                                       "the rescoring after a promotion from this process")
     srv.add_argument("--cron", default=None, help="nightly retrain schedule (default $REVIEWS_NIGHTLY_CRON or 0 3 * * *)")
     srv.add_argument("--timezone", default=None, help="IANA time zone of the schedule (default UTC)")
     srv.set_defaults(func=cmd_serve)

@@ -23,6 +23,7 @@ class Drift:
     section: dict[str, Any]  # the manifest's "drift"
     markdown: str  # the drift-report artifact
     profile: DumpProfile | None  # every unit's scored rows; None when a unit's part carries no profile
+    reference: DumpProfile | None = None  # the version's reference profile, when it has a readable one
 
     @property
     def verdict(self) -> str:
@@ -62,7 +63,7 @@ def assess(results: list[dict[str, Any]], reference: dict[str, Any] | None, mode
     except ValueError as exc:
         return _unavailable(f"model version {model_version}'s reference profile cannot be read: {exc}", base, current)
     report = compare(ref, current, threshold)
-    return Drift({**report.to_dict(), **base, "profile": current.to_dict()}, drift_markdown(report), current)
+    return Drift({**report.to_dict(), **base, "profile": current.to_dict()}, drift_markdown(report), current, ref)
 
 
 def _unavailable(reason: str, base: dict[str, Any], current: DumpProfile | None) -> Drift:

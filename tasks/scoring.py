@@ -87,7 +87,7 @@ def finalize(output: str | OutputDataset, plan: dict[str, Any], results: list[di
     table("scoring-files", [{k: f[k] for k in ("uri", "rows_in", "rows_scored", "rows_rejected", "error")}
                             for f in files], "Rows in / scored / rejected per input file")
     if in_run():  # the picture costs a matplotlib import: only for a run someone can look at
-        markdown("scoring-summary", _summary_markdown(manifest, drift, model.get("drift_reference")),
+        markdown("scoring-summary", _summary_markdown(manifest, drift),
                  "Scoring totals, throughput, score histogram and the dump's profile against the model's")
     markdown("drift-report", drift.markdown, "This dump against the model's evaluation data: PSI and JS per feature")
     (logger().warning if drift.drifted else logger().info)(
@@ -103,8 +103,7 @@ def finalize(output: str | OutputDataset, plan: dict[str, Any], results: list[di
     return manifest
 
 
-def _summary_markdown(m: dict[str, Any], drift: run_drift.Drift | None = None,
-                      reference: dict[str, Any] | None = None) -> str:
+def _summary_markdown(m: dict[str, Any], drift: run_drift.Drift | None = None) -> str:
     t, tm = m["totals"], m["timings"]
     peak = max(m["score_histogram"]["counts"]) or 1
     hist = "\n".join(f"| {b} | {c:,} | {'█' * round(20 * c / peak)} |"
@@ -113,22 +112,17 @@ def _summary_markdown(m: dict[str, Any], drift: run_drift.Drift | None = None,
             f"| rows in | scored | rejected | files | failed files | seconds | rows/s |\n|---|---|---|---|---|---|---|\n"
             f"| {t['rows_in']:,} | {t['rows_scored']:,} | {t['rows_rejected']:,} | {t['files']} | "
             f"{t['files_failed']} | {tm['seconds']} | {tm['rows_per_second']} |\n\n"
-            f"### Score histogram\n\n{_profile_picture(drift, reference)}"
+            f"### Score histogram\n\n{_profile_picture(drift)}"
             f"| score | reviews | |\n|---|---|---|\n{hist}\n\nOutput: `{m['output']}`"
             + (f"\n\nDrift: **{d['verdict']}**{' (' + ', '.join(d['drifted']) + ')' if d['drifted'] else ''}; "
                "see the drift-report artifact" if (d := m.get("drift")) else ""))
 
 
-def _profile_picture(drift: run_drift.Drift | None, reference: dict[str, Any] | None) -> str:
+def _profile_picture(drift: run_drift.Drift | None) -> str:
     """The dump's scores, lengths and token ids beside the model's evaluation data, as markdown."""
     if drift is None or drift.profile is None:
         return ""
-    from models.dump_profile import DumpProfile
     from models.profile_chart import profile_png
 
-    try:
-        ref = DumpProfile.from_dict(reference) if reference is not None else None
-    except ValueError:
-        ref = None  # an unreadable reference is reported by the drift step; the dump still gets a picture
     return inline_png("score histogram, review lengths and token ids: this dump and the model's evaluation data",
-                      profile_png(drift.profile, ref)) + "\n\n"
+                      profile_png(drift.profile, drift.reference)) + "\n\n"
