@@ -80,6 +80,33 @@ def rows_per_batch(maxlen: int, tokens: int = 65536, cap: int = 1024, floor: int
     return min(cap, max(floor, tokens // max(maxlen, 1)))
 
 
+def l2_cache_bytes(default: int = 1 << 20) -> int:
+    """This CPU's per-core L2 cache size (Linux sysfs), else ``default``."""
+    import glob
+
+    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            with open(f"{d}/level") as f:
+                level = f.read().strip()
+            with open(f"{d}/size") as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if level == "2" and size[:-1].isdigit() and size[-1] in "KM":
+            return int(size[:-1]) << (10 if size[-1] == "K" else 20)
+    return default
+
+
+def step_rows(units: int, cache_bytes: int | None = None) -> int:
+    """Rows per run of the gate-table graph: as many as keep one step's gate pre-activations
+    (rows x 4 units float32) within the L2 cache.  Each step's half-dozen passes over them then
+    stay in cache: on AMD Zen 3 (512 KiB L2) 256 rows of the seed model (128 units) scored
+    1.07-1.09x faster than 1,024, which had been the best on a 2 MiB-L2 machine - where this
+    rule gives 1,024 again (``bench/README.md``)."""
+    cache = l2_cache_bytes() if cache_bytes is None else cache_bytes
+    return max(64, min(1024, cache // (16 * max(int(units), 1))))
+
+
 def keras_reference(model, x: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(x, verbose=0, batch_size=256), dtype=np.float32).reshape(-1)
 

@@ -48,6 +48,7 @@ from models.predictors import (
     check_parity,
     keras_reference,
     rows_per_batch,
+    step_rows,
 )
 from models.preprocessing import Preprocessing
 from models.quantization import INT8_FILE, INT8_PROBE_SCORES, int8_refusal
@@ -273,6 +274,9 @@ class ModelRegistry:
         probe, reference = self.probe(version)
         meta = self.metadata(version)
         batch = rows_per_batch(int(probe.shape[1]))
+        # The gate-table graphs run step by step: their batches are sized to the cache.
+        units = meta.get("hyperparameters", {}).get("lstm_units")
+        step_batch = rows_per_batch(int(probe.shape[1]), cap=step_rows(units)) if units else batch
         files = meta.get("files", {})
         # Graphs registered with shared gate tables reference them as external data; older ones embed theirs.
         tables = {TABLES_FILE: self.read_file(version, TABLES_FILE, meta)} if (
@@ -287,13 +291,13 @@ class ModelRegistry:
             refusal = int8_refusal(meta.get("int8", {}))
             if refusal:
                 raise RegistryError(f"{self.root.uri}: version {version} refused for predictor=int8: {refusal}")
-            predictor = Int8LstmPredictor(self.read_file(version, INT8_FILE, meta), batch_size=batch,
+            predictor = Int8LstmPredictor(self.read_file(version, INT8_FILE, meta), batch_size=step_batch,
                                           external_data=tables)
             reference = self._read_npy(version, INT8_PROBE_SCORES, meta)
         elif kind in ("auto", "fast") and FAST_FILE in files:
             from models.fast_predictors import FastLstmPredictor
 
-            predictor = FastLstmPredictor(self.read_file(version, FAST_FILE, meta), batch_size=batch,
+            predictor = FastLstmPredictor(self.read_file(version, FAST_FILE, meta), batch_size=step_batch,
                                           external_data=tables)
         elif kind == "fast":
             raise RegistryError(f"{self.root.uri}: version {version} has no fast predictor "

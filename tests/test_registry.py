@@ -10,7 +10,15 @@ import pytest
 
 from infra import storage
 from models.onnx_graph import TABLES_FILE
-from models.predictors import KerasPredictor, check_parity, keras_reference, probe_batch
+from models.predictors import (
+    KerasPredictor,
+    check_parity,
+    keras_reference,
+    l2_cache_bytes,
+    probe_batch,
+    rows_per_batch,
+    step_rows,
+)
 from models.presets import TrainConfig
 from models.registry import ModelRegistry, RegistryError
 from tests.tinymodel import build_tiny
@@ -213,3 +221,21 @@ def test_registered_keras_file_holds_no_optimizer_state(tmp_path):
     loaded = registry.load_keras(version)  # safe_mode=True
     x = probe_batch(INPUT_DIM, CONFIG.maxlen, n=50, seed=11)
     np.testing.assert_array_equal(keras_reference(loaded, x), keras_reference(model, x))
+
+
+def test_step_rows_fit_one_steps_gates_in_the_l2_cache():
+    assert step_rows(128, cache_bytes=512 << 10) == 256  # AMD Zen 3: 256 rows x 512 gates x 4 bytes
+    assert step_rows(128, cache_bytes=2 << 20) == 1024   # a 2 MiB L2: the earlier fixed batch
+    assert step_rows(64, cache_bytes=512 << 10) == 512
+    assert step_rows(4, cache_bytes=512 << 10) == 1024 and step_rows(4096, cache_bytes=512 << 10) == 64
+    assert l2_cache_bytes() >= 64 << 10
+
+
+def test_the_gate_table_predictor_takes_cache_sized_batches(tmp_path, tiny_model):
+    registry = ModelRegistry(str(tmp_path / "reg"))
+    # Only the batch size reads lstm_units from the version's hyperparameters.
+    version = _register(registry, tiny_model, hyperparameters={"lstm_units": 128})
+    fast = registry.load_predictor(version)
+    assert fast.kind == "fast" and fast.batch_size == rows_per_batch(CONFIG.maxlen, cap=step_rows(128))
+    older = _register(registry, tiny_model)  # no hyperparameters recorded: the token rule alone
+    assert registry.load_predictor(older).batch_size == rows_per_batch(CONFIG.maxlen)
