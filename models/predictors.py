@@ -101,7 +101,7 @@ def step_rows(units: int, cache_bytes: int | None = None) -> int:
     """Rows per run of the gate-table graph: as many as keep one step's gate pre-activations
     (rows x 4 units float32) within the L2 cache.  Each step's half-dozen passes over them then
     stay in cache: on AMD Zen 3 (512 KiB L2) 256 rows of the seed model (128 units) scored
-    1.07-1.09x faster than 1,024, which had been the best on a 2 MiB-L2 machine - where this
+    1.07-1.13x faster than 1,024, which had been the best on a 2 MiB-L2 machine - where this
     rule gives 1,024 again (``bench/README.md``)."""
     cache = l2_cache_bytes() if cache_bytes is None else cache_bytes
     return max(64, min(1024, cache // (16 * max(int(units), 1))))
