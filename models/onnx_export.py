@@ -22,7 +22,9 @@ from models.predictors import (
     ParityError,
     check_parity,
     export_onnx,
+    keras_reference,
     rows_per_batch,
+    step_rows,
 )
 
 FAST_FILE = "model.fast.onnx"
@@ -65,3 +67,25 @@ def inference_graphs(model, probe: np.ndarray, reference: np.ndarray,
         plain_note = f"{PLAIN_FILE} (tf2onnx), parity max |delta| = {parity:.3g}"
     return files, {"format": "onnx", "parity_max_abs_delta": parity, "probe_rows": int(len(probe)),
                    "fast": fast_note, "plain": plain_note}
+
+
+def gate_graph_scores(model, x: np.ndarray, check_rows: int = 256) -> np.ndarray | None:
+    """Scores of ``x`` from ``model``'s gate-table graph, checked against Keras on its first
+    ``check_rows`` rows (within the parity tolerance), or None when the topology has no such graph
+    or the check fails.  On 25,000 test reviews (2 cores, AVX2): seed 7.6 s against Keras' 11.5 s,
+    ``default`` 11.9 s against 82.4 s, building the graph included (``bench/README.md``)."""
+    from models.fast_predictors import FastLstmPredictor
+    from models.gate_graph import build_fast_parts
+    from models.onnx_graph import TABLES_FILE
+
+    x = np.ascontiguousarray(x, dtype=np.int32)
+    try:
+        graph, tables = build_fast_parts(model)
+        units = max([getattr(getattr(layer, "forward_layer", layer), "units", 0) for layer in model.layers] + [1])
+        predictor = FastLstmPredictor(graph, batch_size=rows_per_batch(int(x.shape[1]), cap=step_rows(units)),
+                                      external_data={TABLES_FILE: tables})
+        head = x[:check_rows]
+        check_parity(predictor, head, keras_reference(model, head))
+    except (ValueError, ParityError):
+        return None
+    return predictor.predict(x)

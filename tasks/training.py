@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from models import evaluation
 from models.dump_profile import DumpProfile
+from models.onnx_export import gate_graph_scores
 from models.presets import TrainConfig
 from models.training import FitResult, fit, predict_scores
 from tasks.data import TrainingSet
@@ -46,7 +47,10 @@ def curves_png(result: FitResult, ts: TrainingSet, scores) -> bytes:
 
 @task(name="evaluate-model", cache_policy=NO_CACHE)
 def evaluate(result: FitResult, ts: TrainingSet) -> dict[str, Any]:
-    scores = predict_scores(result.model, ts.x_test)
+    # The gate-table graph the version will be served from gives the same scores (checked) faster.
+    scores = gate_graph_scores(result.model, ts.x_test)
+    if scores is None:
+        scores = predict_scores(result.model, ts.x_test)
     report = evaluation.evaluate(ts.y_test, scores, lengths=ts.test_lengths)
     report["train_seconds"] = round(result.train_seconds, 2)
     report["epoch_seconds"] = [round(s, 2) for s in result.epoch_seconds]

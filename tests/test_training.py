@@ -317,3 +317,43 @@ def test_training_is_reproducible_while_other_threads_draw_from_pythons_random()
         thread.join()
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("preset,padding", [("seed", "post"), ("default", "pre")])
+def test_evaluation_scores_come_from_the_gate_table_graph_and_match_keras(preset, padding):
+    import keras
+
+    from models.onnx_export import gate_graph_scores
+
+    config = tiny(get_preset(preset))
+    keras.utils.set_random_seed(6)
+    model = build_model(config, INPUT_DIM)
+    x = _reviews(700, config.maxlen, padding, seed=7)
+    scores = gate_graph_scores(model, x, check_rows=64)
+    assert scores is not None and scores.dtype == np.float32 and scores.shape == (len(x),)
+    np.testing.assert_allclose(scores, keras_reference(model, x), atol=1e-6, rtol=0)
+
+
+def test_evaluation_falls_back_to_keras_without_a_gate_table_graph():
+    import keras
+
+    from models.onnx_export import gate_graph_scores
+
+    inputs = keras.Input((8,), dtype="int32")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(INPUT_DIM, 4)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(pooled))
+    assert gate_graph_scores(model, _reviews(50, 8, "post", seed=1)) is None
+
+
+def test_evaluation_refuses_a_gate_table_graph_that_differs_from_keras(monkeypatch):
+    import keras
+
+    import models.gate_graph as gate_graph
+    from models.onnx_export import gate_graph_scores
+
+    config = tiny(get_preset("seed"))
+    keras.utils.set_random_seed(8)
+    model, other = build_model(config, INPUT_DIM), build_model(config, INPUT_DIM)
+    real = gate_graph.build_fast_parts
+    monkeypatch.setattr(gate_graph, "build_fast_parts", lambda m, **kw: real(other, **kw))
+    assert gate_graph_scores(model, _reviews(100, config.maxlen, "post", seed=2)) is None
