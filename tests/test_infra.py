@@ -583,3 +583,10 @@ def test_serve_declares_what_prefect_yaml_declares(project, prefect_api, monkeyp
         for got, want in zip(s.triggers or [], triggers):
             assert set(got.expect) == set(want["expect"]) and got.parameters == want.get("parameters")
             assert got.match.root == want["match"]
+
+
+def test_a_prefect_home_in_a_missing_directory_is_created_before_prefect_starts(tmp_path):
+    home = tmp_path / "not" / "yet" / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    subprocess.run([sys.executable, "-c", "import infra.prefect_defaults"], cwd=REPO, env=env, check=True)
+    assert home.is_dir()
