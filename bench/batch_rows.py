@@ -9,7 +9,7 @@ A ``--preset`` model with random seeded weights (real IMDB vocabulary size), its
 with each ``--sizes`` batch on all cores, scoring the same ``--rows`` real IMDB test reviews
 (random rows when the data is not at hand).  The sizes alternate within each round; reported:
 the median reviews/s per size, its ratio to the largest size, and the size
-:func:`models.predictors.step_rows` picks on this CPU (its L2 cache, printed with the CPU flags).
+:func:`models.predictors.gate_graph_rows` picks on this CPU (its L2 cache, printed with the CPU flags).
 Every size must give the same scores (exact: the rows of a batch do not interact).
 """
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from models.fast_predictors import FastLstmPredictor
     from models.gate_graph import build_fast_onnx
-    from models.predictors import l2_cache_bytes, rows_per_batch, step_rows
+    from models.predictors import gate_graph_rows, l2_cache_bytes
     from models.presets import get_preset
 
     config = get_preset(args.preset)
@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{float(np.max(np.abs(scores - reference))):.3g})")
     largest = max(args.sizes)
     medians = {size: statistics.median(v) for size, v in rates.items()}
-    chosen = rows_per_batch(config.maxlen, cap=step_rows(config.lstm_units))
+    chosen = gate_graph_rows(config.maxlen, config.lstm_units)
     print(f"{args.preset} (maxlen {config.maxlen}, {config.lstm_units} units), {len(x):,} rows of {source}; "
-          f"step_rows picks {chosen} here")
+          f"gate_graph_rows picks {chosen} here")
     for size in args.sizes:
         print(f"  {size:5d} rows: {medians[size]:8,.0f} reviews/s  ({medians[size] / medians[largest]:.2f}x "
               f"{largest} rows; rounds {', '.join(f'{v:,.0f}' for v in rates[size])})")

@@ -22,9 +22,9 @@ from models.predictors import (
     ParityError,
     check_parity,
     export_onnx,
+    gate_graph_rows,
     keras_reference,
     rows_per_batch,
-    step_rows,
 )
 
 FAST_FILE = "model.fast.onnx"
@@ -32,17 +32,27 @@ PLAIN_FILE = "model.onnx"
 PLAIN_SKIPPED = f"not exported: {FAST_FILE} is exact"
 
 
-def _fast_graph(model, probe: np.ndarray, reference: np.ndarray,
-                tables: bytes | None) -> tuple[dict[str, bytes], str, float | None]:
+def _checked_fast_predictor(model, probe: np.ndarray, reference: np.ndarray, tables: bytes | None = None,
+                            batch_size: int | None = None):
+    """(graph, tables, predictor, parity) of ``model``'s gate-table graph, checked against
+    ``reference`` (Keras' scores of ``probe``); ValueError for an unsupported topology,
+    ParityError when the check fails."""
     from models.fast_predictors import FastLstmPredictor
     from models.gate_graph import build_fast_parts
     from models.onnx_graph import TABLES_FILE
 
+    graph, tables = build_fast_parts(model, tables=tables)
+    predictor = FastLstmPredictor(graph, batch_size=batch_size or rows_per_batch(int(probe.shape[1])),
+                                  external_data={TABLES_FILE: tables})
+    return graph, tables, predictor, check_parity(predictor, probe, reference)
+
+
+def _fast_graph(model, probe: np.ndarray, reference: np.ndarray,
+                tables: bytes | None) -> tuple[dict[str, bytes], str, float | None]:
+    from models.onnx_graph import TABLES_FILE
+
     try:
-        graph, tables = build_fast_parts(model, tables=tables)
-        predictor = FastLstmPredictor(graph, batch_size=rows_per_batch(int(probe.shape[1])),
-                                      external_data={TABLES_FILE: tables})
-        delta = check_parity(predictor, probe, reference)
+        graph, tables, _, delta = _checked_fast_predictor(model, probe, reference, tables)
     except (ValueError, ParityError) as exc:
         return {}, f"not exported: {str(exc).splitlines()[0]}", None
     return {FAST_FILE: graph, TABLES_FILE: tables}, f"{FAST_FILE}, parity max |delta| = {delta:.3g}", delta
@@ -74,18 +84,12 @@ def gate_graph_scores(model, x: np.ndarray, check_rows: int = 256) -> np.ndarray
     ``check_rows`` rows (within the parity tolerance), or None when the topology has no such graph
     or the check fails.  On 25,000 test reviews (2 cores, AVX2): seed 7.6 s against Keras' 11.5 s,
     ``default`` 11.9 s against 82.4 s, building the graph included (``bench/README.md``)."""
-    from models.fast_predictors import FastLstmPredictor
-    from models.gate_graph import build_fast_parts
-    from models.onnx_graph import TABLES_FILE
-
     x = np.ascontiguousarray(x, dtype=np.int32)
+    head = x[:check_rows]
+    units = max([getattr(getattr(layer, "forward_layer", layer), "units", 0) for layer in model.layers] + [1])
     try:
-        graph, tables = build_fast_parts(model)
-        units = max([getattr(getattr(layer, "forward_layer", layer), "units", 0) for layer in model.layers] + [1])
-        predictor = FastLstmPredictor(graph, batch_size=rows_per_batch(int(x.shape[1]), cap=step_rows(units)),
-                                      external_data={TABLES_FILE: tables})
-        head = x[:check_rows]
-        check_parity(predictor, head, keras_reference(model, head))
+        *_, predictor, _ = _checked_fast_predictor(model, head, keras_reference(model, head),
+                                                   batch_size=gate_graph_rows(int(x.shape[1]), units))
     except (ValueError, ParityError):
         return None
     return predictor.predict(x)

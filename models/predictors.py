@@ -107,6 +107,12 @@ def step_rows(units: int, cache_bytes: int | None = None) -> int:
     return max(64, min(1024, cache // (16 * max(int(units), 1))))
 
 
+def gate_graph_rows(maxlen: int, units: int) -> int:
+    """Rows per run of a gate-table predictor: the token rule of :func:`rows_per_batch`, capped
+    by :func:`step_rows`."""
+    return rows_per_batch(maxlen, cap=step_rows(units))
+
+
 def keras_reference(model, x: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(x, verbose=0, batch_size=256), dtype=np.float32).reshape(-1)
 

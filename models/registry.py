@@ -46,9 +46,9 @@ from models.predictors import (
     ParityError,
     Predictor,
     check_parity,
+    gate_graph_rows,
     keras_reference,
     rows_per_batch,
-    step_rows,
 )
 from models.preprocessing import Preprocessing
 from models.quantization import INT8_FILE, INT8_PROBE_SCORES, int8_refusal
@@ -276,7 +276,7 @@ class ModelRegistry:
         batch = rows_per_batch(int(probe.shape[1]))
         # The gate-table graphs run step by step: their batches are sized to the cache.
         units = meta.get("hyperparameters", {}).get("lstm_units")
-        step_batch = rows_per_batch(int(probe.shape[1]), cap=step_rows(units)) if units else batch
+        step_batch = gate_graph_rows(int(probe.shape[1]), units) if units else batch
         files = meta.get("files", {})
         # Graphs registered with shared gate tables reference them as external data; older ones embed theirs.
         tables = {TABLES_FILE: self.read_file(version, TABLES_FILE, meta)} if (
