@@ -163,7 +163,9 @@ def summary(records: list[dict[str, Any]]) -> str:
         lines.append(f"  maxlen {hp['maxlen']} ({hp['padding']}), num_words {hp['num_words']}, embedding "
                      f"{hp['embedding_dim']}, {hp['lstm_layers']}x{'Bi' if hp['bidirectional'] else ''}LSTM("
                      f"{hp['lstm_units']}), pooling {hp['pooling']}, mask_zero {hp['mask_zero']}, bucket_width "
-                     f"{hp['bucket_width']}, batch {hp['batch_size']}, lr {hp['learning_rate']}")
+                     f"{hp['bucket_width']}, batch {hp['batch_size']}, lr {hp['learning_rate']}"
+                     + (f", n-gram bag orders 1..{hp['ngram_order']} in {hp['ngram_buckets']:,} buckets x "
+                        f"{hp['ngram_dim']}" if hp.get("ngram_buckets") else ""))
         lines.append(f"  load average (1/5/15 min) at start {r['loadavg_start']}, at end {r['loadavg_end']}")
         reg = r.get("registration")
         if reg:

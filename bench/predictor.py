@@ -4,6 +4,7 @@
     .venv/bin/python bench/predictor.py [--maxlen 50 400] [--rows N] [--batch-size 1024]
                                         [--repeat 5] [--threads 0] [--data auto|random]
                                         [--forms loop unrolled] [--no-length-aware] [--json PATH]
+    .venv/bin/python bench/predictor.py --presets default bag [--rows 8192] [--repeat 5]
 
 Set-up (not measured): the ``seed`` preset (Embedding(88,079, 300) -> LSTM(128) -> Dense(1,
 sigmoid); 88,079 is the real IMDB vocabulary size) with random seeded weights, one model per
@@ -79,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="reviews per measurement of the length-aware section")
     p.add_argument("--skip-keras", action="store_true", help="no Keras timing (max |delta| still uses Keras)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--presets", nargs="+", default=[], metavar="PRESET",
+                   help="only compare these presets' served predictors on the same reviews (the first is the "
+                        "reference), e.g. --presets default bag")
     p.add_argument("--json", help="also write the results here")
     return p.parse_args(argv)
 
@@ -271,8 +275,8 @@ def length_aware_section(maxlens: list[int], args, reviews) -> dict[str, Any]:
     from models.fast_predictors import FastLstmPredictor
     from models.gate_graph import build_fast_onnx
     from models.predictors import rows_per_batch
-    from models.presets import get_preset
     from models.preprocessing import lengths, to_matrix
+    from models.presets import get_preset
 
     out: dict[str, Any] = {"step_savings": {}, "measured": {}}
     print("\n## length-aware batching (exact only with mask_zero)", flush=True)
@@ -332,6 +336,42 @@ def length_aware_section(maxlens: list[int], args, reviews) -> dict[str, Any]:
     return out
 
 
+def presets_section(names: list[str], args, reviews) -> dict[str, Any]:
+    """What each preset costs to serve: its gate-table predictor as the registry loads it (batch rows
+    by ``gate_graph_rows``), on the same test reviews through each preset's own preprocessing."""
+    import numpy as np
+
+    from models.fast_predictors import FastLstmPredictor
+    from models.gate_graph import build_fast_onnx
+    from models.predictors import gate_graph_rows
+    from models.presets import get_preset
+
+    rows = args.rows or 8192
+    print(f"\n## presets served by the gate-table graph, {rows} reviews each, {args.repeat} rounds", flush=True)
+    predictors, inputs, out = {}, {}, {}
+    for name in names:
+        config = get_preset(name)
+        model = build(config, args.seed)
+        x, source = make_rows(reviews, config, rows, args.seed + 1)
+        batch = gate_graph_rows(config.maxlen, config.lstm_units)
+        predictor = FastLstmPredictor(build_fast_onnx(model), batch, args.threads)
+        check = x[:256]
+        reference = np.asarray(model.predict(check, batch_size=256, verbose=0), np.float32).reshape(-1)
+        out[name] = {"inputs": source, "batch_rows": batch,
+                     "max_abs_delta_vs_keras_256_rows": float(np.max(np.abs(predictor.predict(check) - reference)))}
+        predictors[name], inputs[name] = predictor, x
+        del model
+    timings = rounds({n: (lambda n=n: predictors[n].predict(inputs[n])) for n in names}, args.repeat)
+    rates = {n: [rows / w for w, _ in t] for n, t in timings.items()}
+    for name in names:
+        out[name]["reviews_per_s"] = _median(rates[name])
+        out[name]["throughput_vs_" + names[0]] = _median([a / b for a, b in zip(rates[name], rates[names[0]])])
+        print(f"{name}: {out[name]['reviews_per_s']:.0f} reviews/s in batches of {out[name]['batch_rows']} "
+              f"({out[name]['throughput_vs_' + names[0]]:.2f}x {names[0]}; max |delta| vs Keras "
+              f"{out[name]['max_abs_delta_vs_keras_256_rows']:.1e})", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -352,9 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     reviews = load_reviews(args.data)
     results: dict[str, Any] = {"maxlen": {}, "machine": bench_machine.machine_info(),
                                "settings": {k: v for k, v in vars(args).items() if k != "json"}}
-    for maxlen in args.maxlen:
+    if args.presets:
+        results["presets"] = presets_section(args.presets, args, reviews)
+    for maxlen in [] if args.presets else args.maxlen:
         results["maxlen"][maxlen] = bench_maxlen(maxlen, args, reviews)
-    if args.length_aware:
+    if args.length_aware and not args.presets:
         results["length_aware"] = length_aware_section(args.maxlen, args, reviews)
     results["machine"]["load_average_end"] = os.getloadavg()[0]
     print(f"\n# load average at the end: {results['machine']['load_average_end']:.1f}")

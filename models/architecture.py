@@ -19,8 +19,13 @@ matrix.  Pooling must then ignore padded steps too:
   neither can change the maximum.  Without a mask the plain outputs are pooled, as
   before.
 
-Only built-in Keras layers are used so that models load with ``safe_mode=True``
-and export to ONNX.
+With ``ngram_buckets`` an n-gram bag branch reads the same token matrix beside the LSTM:
+hashed word n-grams -> ``Embedding(mask_zero)`` -> masked mean, concatenated with the pooled
+LSTM features before the output (:mod:`models.ngram_layers`).  Its ids depend on the tokens
+only and n-grams touching padding are masked, so it too is exact on length-bucketed batches.
+
+Apart from that branch's two registered layer classes, only built-in Keras layers are used, so
+that models load with ``safe_mode=True``; the gate-table ONNX graph serves both.
 """
 
 from __future__ import annotations
@@ -59,12 +64,25 @@ def build_model(config: TrainConfig, input_dim: int, sequence_length: int | None
         if config.mask_zero:
             x = layers.ReLU(name="relu")(x)
         x = layers.GlobalMaxPooling1D(name="max_pool")(x)
+    if config.ngram_buckets:
+        x = layers.Concatenate(name="features")([x, ngram_bag(config, inputs)])
     if config.dropout:
         x = layers.Dropout(config.dropout, name="dropout")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="score")(x)
     model = keras.Model(inputs, outputs, name=f"imdb_lstm_{config.preset}")
     compile_model(model, config, steps_per_epoch)
     return model
+
+
+def ngram_bag(config: TrainConfig, tokens):
+    """The n-gram bag branch: hashed n-grams of orders 1..ngram_order -> Embedding -> masked mean."""
+    from keras import layers
+
+    from models.ngram_layers import HashedNgrams, MaskedMean
+
+    ids = HashedNgrams(config.ngram_buckets, tuple(range(1, config.ngram_order + 1)), name="ngram_ids")(tokens)
+    bag = layers.Embedding(config.ngram_buckets, config.ngram_dim, mask_zero=True, name="ngram_embedding")(ids)
+    return MaskedMean(name="ngram_mean")(bag)
 
 
 def compile_model(model, config: TrainConfig, steps_per_epoch: int | None = None) -> None:

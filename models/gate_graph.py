@@ -52,9 +52,45 @@ def _head(g: Graph, spec: NetworkSpec, features: list[str]) -> None:
     feat = features[0] if len(features) == 1 else g.op("Concat", features, "feat", axis=1)
     if spec.relu:
         feat = g.op("Relu", [feat], "relu")
+    if spec.ngram is not None:
+        feat = g.op("Concat", [feat, _ngram_features(g, spec)], "joined", axis=1)
     logit = g.op("Gemm", [feat, g.const(spec.dense_kernel, "dense_w"), g.const(spec.dense_bias, "dense_b")],
                  "logit")
     g.op("Sigmoid", [logit], outputs=[OUTPUT_NAME])
+
+
+def _ngram_features(g: Graph, spec: NetworkSpec) -> str:
+    """(N, d): the n-gram bag's masked mean, with :class:`models.ngram_layers.HashedNgrams`' ids
+    (the same int64 arithmetic).  The table's row 0 is stored as zeros, so masked ids add nothing
+    and the sum needs no mask; the count of unmasked ids (at least 1) divides it."""
+    from models.ngram_layers import PRIME
+
+    bag = spec.ngram
+    t = g.op("Cast", [INPUT_NAME], "t64", to=7)  # int64
+    zero = g.const(np.int64(0), "zero64")
+    ids = []
+    for k in bag.orders:
+        h, valid = t, g.op("Not", [g.op("Equal", [t, zero], "pad")], "valid")
+        for j in range(1, k):
+            # The token j positions on, 0 past the end: Slice then Pad on the right.
+            nxt = g.op("Pad", [g.op("Slice", [t, g.const([j], "j", np.int64), g.const([spec.maxlen], "T", np.int64),
+                                              g.const([1], "ax1", np.int64)], "tail"),
+                               g.const([0, 0, 0, j], "pads", np.int64)], "next")
+            h = g.op("Mod", [g.op("Add", [g.op("Mul", [h, g.const(np.int64(PRIME), "prime")], "hp"), nxt], "hn"),
+                             g.const(np.int64(bag.buckets - 1), "mod")], "h")
+            valid = g.op("And", [valid, g.op("Not", [g.op("Equal", [nxt, zero], "pad")], "v")], "valid")
+        bucket = g.op("Add", [g.op("Mod", [h, g.const(np.int64(bag.buckets - 1), "mod")], "hm"),
+                              g.const(np.int64(1), "one64")], "bucket")
+        ids.append(g.op("Where", [valid, bucket, zero], "ids"))
+    ids = ids[0] if len(ids) == 1 else g.op("Concat", ids, "ids", axis=1)
+    table = bag.embeddings.copy()
+    table[0] = 0.0
+    rows = g.op("Gather", [g.table(table if g.table_mode != "given" else None, table.shape, "ngram_table"), ids],
+                "ngram_rows", axis=0)                                            # (N, TK, d)
+    total = g.op("ReduceSum", [rows, g.const([1], "ax1", np.int64)], "ngram_sum", keepdims=0)
+    count = g.op("ReduceSum", [g.op("Cast", [g.op("Not", [g.op("Equal", [ids, zero], "masked")], "kept")],
+                                     "keptf", to=1), g.const([1], "ax1", np.int64)], "ngram_count", keepdims=1)
+    return g.op("Div", [total, g.op("Max", [count, g.const(np.float32(1.0), "onef")], "count")], "ngram_mean")
 
 
 def _mask_seq(g: Graph, xt: str) -> str:

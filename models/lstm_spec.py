@@ -17,9 +17,12 @@ previous output.  Supported topology - anything else raises ``ValueError`` (:fun
     Input(int, fixed maxlen) -> Embedding(mask_zero?)
       -> n x (LSTM | Bidirectional(LSTM, merge_mode="concat")), all but the last
          returning sequences (the last may return sequences for pooling)
-      -> [ReLU] -> [GlobalMaxPooling1D] -> [ReLU] -> Dense(1, sigmoid)
+      -> [ReLU] -> [GlobalMaxPooling1D] -> [ReLU] -> [Concatenate with the n-gram bag]
+      -> Dense(1, sigmoid)
 
-with Dropout / SpatialDropout1D anywhere (identity at inference), as a single chain.
+with Dropout / SpatialDropout1D anywhere (identity at inference), as a single chain, except for
+the optional n-gram bag branch off the input: ``HashedNgrams -> Embedding(mask_zero) -> MaskedMean``
+(:mod:`models.ngram_layers`), joined to the pooled LSTM features by a ``Concatenate`` (LSTM first).
 
 LSTMs must use ``activation="tanh"``, ``recurrent_activation="sigmoid"``, float32,
 no state in/out (``stateful``/``return_state``/``initial_state``).
@@ -57,6 +60,17 @@ class LstmLayer:
 
 
 @dataclass
+class NgramBag:
+    buckets: int
+    orders: tuple[int, ...]
+    embeddings: np.ndarray          # (buckets, d); row 0 (n-grams touching padding) is masked
+
+    @property
+    def width(self) -> int:
+        return self.embeddings.shape[1]
+
+
+@dataclass
 class NetworkSpec:
     maxlen: int
     embeddings: np.ndarray          # (V, E)
@@ -66,6 +80,7 @@ class NetworkSpec:
     relu: bool = False              # ReLU on the pooled features (commutes with max)
     dense_kernel: np.ndarray | None = None  # (D, 1)
     dense_bias: np.ndarray | None = None    # (1,)
+    ngram: NgramBag | None = None           # the n-gram bag's features follow the LSTM's
 
     @property
     def vocab_size(self) -> int:
@@ -146,6 +161,8 @@ def _chain(model) -> list:
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     if not layers:
         raise ValueError("fast LSTM export: the model has no layers")
+    branch = _ngram_branch(model, layers)
+    layers = [layer for layer in layers if layer not in branch]
     previous = model.inputs[0]
     for layer in layers:
         nodes = layer._inbound_nodes
@@ -153,7 +170,13 @@ def _chain(model) -> list:
             _refuse(layer, "a layer called more than once (shared layers)")
         args = nodes[0].arguments
         extra = set(args.kwargs) - {"mask", "training"}
-        if len(args.args) != 1 or args.args[0] is not previous or extra:
+        if branch and isinstance(layer, keras.layers.Concatenate):
+            joined = args.args[0] if len(args.args) == 1 else None
+            if (not isinstance(joined, (list, tuple)) or len(joined) != 2 or joined[0] is not previous
+                    or joined[1] is not branch[-1]._inbound_nodes[0].outputs[0]
+                    or layer.get_config().get("axis") not in (-1, 1)):
+                _refuse(layer, "a Concatenate must join the pooled LSTM features and the n-gram bag, in that order")
+        elif len(args.args) != 1 or args.args[0] is not previous or extra:
             _refuse(layer, "the model is not a single chain of layers" +
                     (f" (extra call arguments {sorted(extra)})" if extra else ""))
         if len(nodes[0].outputs) != 1:
@@ -162,6 +185,45 @@ def _chain(model) -> list:
     if previous is not model.outputs[0]:
         raise ValueError("fast LSTM export: the model's output is not its last layer's output")
     return layers
+
+
+def _ngram_branch(model, layers: list) -> list:
+    """The n-gram bag's three layers (input -> HashedNgrams -> Embedding(mask_zero) -> MaskedMean),
+    checked; [] when the model has none."""
+    from models.ngram_layers import HashedNgrams, MaskedMean
+
+    starts = [layer for layer in layers if isinstance(layer, HashedNgrams)]
+    if not starts:
+        return []
+    if len(starts) > 1:
+        _refuse(starts[1], "more than one n-gram branch")
+    import keras
+
+    branch, previous = [], model.inputs[0]
+    for kind in (HashedNgrams, keras.layers.Embedding, MaskedMean):
+        users = [layer for layer in layers if layer not in branch and any(
+            a is previous for a in layer._inbound_nodes[0].arguments.args)] if branch else starts
+        if len(users) != 1 or not isinstance(users[0], kind) or len(users[0]._inbound_nodes) != 1:
+            _refuse(users[0] if users else starts[0], "the n-gram branch must be HashedNgrams -> Embedding -> MaskedMean")
+        branch.append(users[0])
+        previous = users[0]._inbound_nodes[0].outputs[0]
+    if not branch[1].mask_zero:
+        _refuse(branch[1], "the n-gram embedding must mask id 0 (mask_zero=True)")
+    _check_float32(branch[1])
+    return branch
+
+
+def _ngram_bag(model) -> NgramBag | None:
+    import keras
+
+    branch = _ngram_branch(model, [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)])
+    if not branch:
+        return None
+    ids, embedding = branch[0], branch[1]
+    table = _np(embedding.embeddings).astype(np.float32)
+    if table.shape[0] != ids.buckets:
+        _refuse(embedding, f"{table.shape[0]} rows for {ids.buckets} n-gram buckets")
+    return NgramBag(ids.buckets, tuple(ids.orders), table)
 
 
 def describe(model) -> NetworkSpec:
@@ -179,11 +241,11 @@ def describe(model) -> NetworkSpec:
         _refuse(first, "the first layer must be an Embedding")
     _check_float32(first)
     embeddings = _np(first.embeddings).astype(np.float32, copy=False)
-    spec = NetworkSpec(maxlen=maxlen, embeddings=embeddings, mask_zero=bool(first.mask_zero))
+    spec = NetworkSpec(maxlen=maxlen, embeddings=embeddings, mask_zero=bool(first.mask_zero), ngram=_ngram_bag(model))
 
     state = "seq"          # "seq": a sequence (batch, T, D); "vec": (batch, D); "done": after Dense
     width = embeddings.shape[1]
-    relu_on_seq = False
+    relu_on_seq = joined = False
     for layer in chain[1:]:
         if state == "done":
             _refuse(layer, "layers after the final Dense")
@@ -209,6 +271,8 @@ def describe(model) -> NetworkSpec:
         if not spec.lstms:
             _refuse(layer, "expected an LSTM after the embedding")
         if isinstance(layer, L.ReLU):
+            if joined:
+                _refuse(layer, "a ReLU after the n-gram bag joined")
             cfg = layer.get_config()
             if cfg.get("max_value") is not None or cfg.get("negative_slope", 0.0) or cfg.get("threshold", 0.0):
                 _refuse(layer, "only a plain ReLU (no max_value, negative_slope or threshold)")
@@ -223,6 +287,12 @@ def describe(model) -> NetworkSpec:
                 _refuse(layer, "GlobalMaxPooling1D must pool a sequence over time (channels_last, keepdims=False)")
             spec.pooling = "max"
             state, relu_on_seq = "vec", False
+            continue
+        if isinstance(layer, L.Concatenate):  # the n-gram bag joins (checked by _chain)
+            if state != "vec":
+                _refuse(layer, "the n-gram bag must join the pooled (batch, features) vector")
+            width += spec.ngram.width
+            joined = True
             continue
         if isinstance(layer, L.Dense):
             _check_float32(layer)

@@ -42,6 +42,10 @@ class TrainConfig:
     mask_zero: bool = _setting(False, "mask the padding (index 0), so scores do not depend on it")
     bucket_width: int = _setting(0, "train on length-bucketed batches cut to a multiple of N tokens (needs "
                                     "mask_zero; 0: the padded matrix)")
+    # The n-gram bag branch beside the LSTM (models/ngram_layers.py), concatenated before the output.
+    ngram_buckets: int = _setting(0, "hash buckets of the n-gram bag branch beside the LSTM (0: no branch)")
+    ngram_order: int = _setting(2, "the bag holds the word n-grams of orders 1..N (at most 3)")
+    ngram_dim: int = _setting(16, "width of the n-gram bag's embedding")
     # optimisation
     epochs: int = _setting(1, "training epochs (an upper bound when early stopping is on)")
     batch_size: int = _setting(100, "training batch size")
@@ -67,6 +71,9 @@ class TrainConfig:
         if self.early_stopping_monitor not in ("val_loss", "val_accuracy"):
             raise ValueError(f"early_stopping_monitor must be 'val_loss' or 'val_accuracy', "
                              f"got {self.early_stopping_monitor!r}")
+        if self.ngram_buckets and (self.ngram_buckets < 2 or not 1 <= self.ngram_order <= 3 or self.ngram_dim < 1):
+            raise ValueError(f"the n-gram bag needs ngram_buckets >= 2, ngram_order in 1..3 and ngram_dim >= 1, got "
+                             f"{self.ngram_buckets}, {self.ngram_order}, {self.ngram_dim}")
         if self.lstm_layers < 1:
             raise ValueError(f"lstm_layers must be >= 1, got {self.lstm_layers}")
         if self.bucket_width < 0:

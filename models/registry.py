@@ -98,6 +98,8 @@ def _inference_copy(model):
 def _safe_load(path: str, what: str):
     import keras
 
+    import models.ngram_layers  # noqa: F401  (registers the n-gram branch's layers for deserialisation)
+
     try:
         # safe_mode refuses Lambda layers and any other deserialised Python code.
         return keras.saving.load_model(path, safe_mode=True, compile=False)

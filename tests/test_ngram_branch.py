@@ -1,0 +1,151 @@
+"""The n-gram bag branch (models/ngram_layers.py): its ids, training, saving, and its gate-table graph.
+
+The bag's embedding is drawn with a large spread in these tests, so a wrong id, a lost mask or a
+mean over the wrong count moves a score far past the 1e-5 parity tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+
+from models.fast_predictors import FastLstmPredictor
+from models.gate_graph import FORMS, build_fast_onnx
+from models.lstm_spec import describe
+from models.ngram_layers import PRIME, HashedNgrams
+from models.predictors import check_parity, keras_reference, probe_batch
+from tests.tinymodel import (
+    DEFAULT_LIKE,
+    LSTM_CONFIG,
+    LSTM_VOCAB,
+    build_tiny,
+    parity_inputs,
+    scaled,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Layer '.*' \\(of type GlobalMaxPooling1D\\) was passed an input")
+
+BUCKETS = 53
+BAG = dict(ngram_buckets=BUCKETS, ngram_order=3, ngram_dim=4)
+
+
+def bag_model(seed: int = 0, **overrides):
+    """A tiny LSTM_CONFIG network with the n-gram bag; gates saturate, bag rows spread widely."""
+    model = scaled(build_tiny(seed, config=LSTM_CONFIG, vocab_size=LSTM_VOCAB, **{**BAG, **overrides}))
+    table = model.get_layer("ngram_embedding")
+    rng = np.random.default_rng(seed)
+    table.embeddings.assign(rng.normal(0.0, 2.0, table.embeddings.shape).astype(np.float32))
+    return model
+
+
+def test_ids_are_the_documented_hash_and_padding_gets_id_0():
+    x = np.array([[0, 0, 3, 5, 7], [4, 0, 0, 0, 0]], np.int32)
+    ids = np.asarray(HashedNgrams(BUCKETS, (1, 2, 3))(x))
+    T = x.shape[1]
+
+    def bucket(*tokens):
+        h = 0
+        for t in tokens:
+            h = h * PRIME + t
+        return 1 + h % (BUCKETS - 1)
+
+    expected = np.zeros_like(ids)
+    expected[0, :T] = [0, 0, bucket(3), bucket(5), bucket(7)]
+    expected[0, T:2 * T] = [0, 0, bucket(3, 5), bucket(5, 7), 0]
+    expected[0, 2 * T:] = [0, 0, bucket(3, 5, 7), 0, 0]
+    expected[1, 0] = bucket(4)
+    np.testing.assert_array_equal(ids, expected)
+    assert ids.max() < BUCKETS
+    # The largest token ids do not overflow int64 at order 3.
+    big = np.array([[2**31 - 1] * 3], np.int32)
+    assert (np.asarray(HashedNgrams(BUCKETS, (3,))(big))[0, 0]
+            == 1 + ((2**31 - 1) * PRIME * PRIME + (2**31 - 1) * PRIME + 2**31 - 1) % (BUCKETS - 1))
+
+
+def test_bad_bag_settings_are_refused():
+    with pytest.raises(ValueError, match="orders within 1..3"):
+        HashedNgrams(BUCKETS, (4,))
+    with pytest.raises(ValueError, match="ngram_order in 1..3"):
+        LSTM_CONFIG.with_overrides(ngram_buckets=10, ngram_order=4)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(DEFAULT_LIKE, maxlen=7)], ids=["seed", "default-like"])
+@pytest.mark.parametrize("form", FORMS)
+def test_the_gate_table_graph_with_the_bag_matches_keras(overrides, form):
+    model = bag_model(1, **overrides)
+    x = parity_inputs(model.inputs[0].shape[1])
+    spec = describe(model)
+    assert spec.ngram is not None and spec.ngram.orders == (1, 2, 3) and spec.ngram.width == 4
+    reference = keras_reference(model, x)
+    for batch_size in (1, 16):
+        check_parity(FastLstmPredictor(build_fast_onnx(model, form=form), batch_size=batch_size), x, reference)
+    # The bag is in the score: without it the same LSTM scores differently.
+    table = model.get_layer("ngram_embedding").embeddings
+    table.assign(np.zeros(table.shape, np.float32))
+    assert np.abs(keras_reference(model, x) - reference).max() > 1e-2
+
+
+def test_bucketed_training_twin_scores_the_bag_like_the_fixed_model():
+    from models.training import predict_scores
+
+    model = bag_model(2, **DEFAULT_LIKE, maxlen=7)
+    x = parity_inputs(7)
+    x = x[(x[:, 0] == 0) | (x != 0).all(axis=1)]  # pre-padded rows: trimming drops only padding
+    np.testing.assert_allclose(predict_scores(model, x, batch_size=8, bucket_width=2), keras_reference(model, x),
+                               atol=1e-6)
+
+
+def test_a_bag_model_trains_registers_and_is_served_by_the_gate_table_graph(tmp_path):
+    from models.quantization import int8_export
+    from models.registry import ModelRegistry
+    from models.training import fit
+
+    config = LSTM_CONFIG.with_overrides(**BAG, **DEFAULT_LIKE, maxlen=7, bucket_width=2, epochs=2, batch_size=8)
+    x = probe_batch(LSTM_VOCAB, 7, n=64, seed=4)
+    y = (np.isin(x, [3, 4, 5]).sum(axis=1) > 1).astype(np.float32)
+    before = build_tiny(config.seed, config=config, vocab_size=LSTM_VOCAB).get_layer("ngram_embedding").get_weights()
+    model = fit(config, LSTM_VOCAB, x[:48], y[:48], x[48:], y[48:]).model
+    assert model.inputs[0].shape[1] == 7  # the fixed-maxlen serving model
+    assert np.abs(model.get_layer("ngram_embedding").get_weights()[0] - before[0]).max() > 0  # the bag trained
+    reg = ModelRegistry(str(tmp_path / "registry"))
+    probe = probe_batch(LSTM_VOCAB, 7, n=48, seed=2)
+    # The int8 graph too (the bag stays float32 in it), sharing the one tables file with the float32 graph.
+    files, record = int8_export(model, x, y, 0.5, probe, max_drop=1.0)
+    version = reg.register(model, config.preprocessing(vocab_size=LSTM_VOCAB), None, {"int8": record}, probe,
+                           extra_files=files)
+    meta = reg.metadata(version)
+    assert meta["export"]["fast"].startswith("model.fast.onnx"), meta["export"]
+    assert meta["export"]["parity_max_abs_delta"] <= 1e-5
+    served = reg.load_predictor(version)
+    assert served.kind == "fast"
+    loaded = reg.load_keras(version)  # safe_mode=True with the registered layer classes
+    np.testing.assert_allclose(served.predict(probe), keras_reference(loaded, probe), atol=1e-5)
+    int8 = reg.load_predictor(version, "int8")
+    assert int8.kind == "int8"
+    assert np.abs(int8.predict(probe) - served.predict(probe)).max() < 0.05
+
+
+def test_a_relu_after_the_join_or_a_bag_first_join_is_refused():
+    import keras
+    from keras import layers as L
+
+    from models.ngram_layers import MaskedMean
+
+    def network(relu_after: bool, bag_first: bool):
+        tokens = keras.Input((6,), dtype="int32")
+        lstm = L.LSTM(3)(L.Embedding(LSTM_VOCAB, 4)(tokens))
+        bag = MaskedMean()(L.Embedding(BUCKETS, 2, mask_zero=True)(HashedNgrams(BUCKETS)(tokens)))
+        x = L.Concatenate()([bag, lstm] if bag_first else [lstm, bag])
+        if relu_after:
+            x = L.ReLU()(x)
+        return keras.Model(tokens, L.Dense(1, activation="sigmoid")(x))
+
+    assert describe(network(False, False)).ngram is not None
+    with pytest.raises(ValueError, match="ReLU after the n-gram bag"):
+        describe(network(True, False))
+    with pytest.raises(ValueError, match="pooled LSTM features and the n-gram bag, in that order"):
+        describe(network(False, True))
