@@ -124,6 +124,8 @@ def run_once(config: TrainConfig, data: str, cache_dir: str | None, registry_uri
         "hyperparameters": config.to_dict(),
         "loadavg_start": load_start,
     }
+    if metrics.get("parts"):
+        record["parts"] = metrics["parts"]
     if registry_uri is not None:
         from models.registry import ModelRegistry
 
@@ -166,6 +168,13 @@ def summary(records: list[dict[str, Any]]) -> str:
                      f"{hp['bucket_width']}, batch {hp['batch_size']}, lr {hp['learning_rate']}"
                      + (f", n-gram bag orders 1..{hp['ngram_order']} in {hp['ngram_buckets']:,} buckets x "
                         f"{hp['ngram_dim']}" if hp.get("ngram_buckets") else ""))
+        parts = r.get("parts")
+        if parts:
+            bag, val = parts["ngram_bag"], parts["validation"]
+            lines.append(f"  n-gram bag trained apart: {bag['epochs_run']} epoch(s) (best {bag['best_epoch']}) in "
+                         f"{bag['train_seconds']:.0f} s; the BiLSTM's logit weighted {parts['lstm_weight']:.2f}; "
+                         f"validation accuracy BiLSTM {val['lstm']['accuracy']:.4f}, bag "
+                         f"{val['ngram_bag']['accuracy']:.4f}, joined {val['joined']['accuracy']:.4f}")
         lines.append(f"  load average (1/5/15 min) at start {r['loadavg_start']}, at end {r['loadavg_end']}")
         reg = r.get("registration")
         if reg:

@@ -85,6 +85,40 @@ def ngram_bag(config: TrainConfig, tokens):
     return MaskedMean(name="ngram_mean")(bag)
 
 
+def build_bag_model(config: TrainConfig):
+    """The n-gram bag alone on the ``maxlen`` token matrix, for training it apart from the LSTM
+    (``config.ngram_epochs``); its layers are named as in the joined network."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(config.maxlen,), dtype="int32", name="tokens")
+    outputs = layers.Dense(1, activation="sigmoid", name="ngram_score")(ngram_bag(config, inputs))
+    model = keras.Model(inputs, outputs, name=f"imdb_ngram_bag_{config.preset}")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.ngram_learning_rate),
+                  loss="binary_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def join_apart(config: TrainConfig, input_dim: int, lstm_model, bag_model, lstm_weight: float):
+    """The network of ``config`` scoring ``sigmoid(w * logit_lstm + (1 - w) * logit_bag)``, from an
+    LSTM and a bag trained apart.  A weighted sum of the two logits is one Dense over the
+    concatenated features, so the joined network is the served topology, with no new layer: the
+    gate-table graph and every predictor serve it unchanged."""
+    import numpy as np
+
+    model = build_model(config, input_dim)
+    for source in (lstm_model, bag_model):
+        for layer in source.layers:
+            if layer.weights and layer.name not in ("score", "ngram_score"):
+                model.get_layer(layer.name).set_weights(layer.get_weights())
+    k_lstm, b_lstm = lstm_model.get_layer("score").get_weights()
+    k_bag, b_bag = bag_model.get_layer("ngram_score").get_weights()
+    w = float(lstm_weight)
+    model.get_layer("score").set_weights([np.concatenate([w * k_lstm, (1.0 - w) * k_bag]).astype(np.float32),
+                                          (w * b_lstm + (1.0 - w) * b_bag).astype(np.float32)])
+    return model
+
+
 def compile_model(model, config: TrainConfig, steps_per_epoch: int | None = None) -> None:
     import keras
 

@@ -6,12 +6,12 @@ import contextlib
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
 
-from models.architecture import build_model
+from models.architecture import build_bag_model, build_model, join_apart
 from models.preprocessing import OOV
 from models.presets import TrainConfig
 
@@ -173,6 +173,8 @@ class FitResult:
     # per-epoch validation points sit at steps ``epoch * steps_per_epoch``.
     step_history: dict[str, list[float]] = field(default_factory=dict)
     steps_per_epoch: int = 0
+    # A network trained in parts (``ngram_epochs``): each part's training and how they were joined.
+    parts: dict[str, Any] = field(default_factory=dict)
 
 
 def fit(
@@ -187,6 +189,8 @@ def fit(
 ) -> FitResult:
     import keras
 
+    if config.ngram_epochs:
+        return _fit_apart(config, input_dim, x_train, y_train, x_val, y_val, on_epoch, verbose)
     keras.utils.set_random_seed(config.seed)
     bucketed = bool(config.bucket_width)
     # Bucketed batches vary in length: train a variable-length twin of the serving model.
@@ -247,14 +251,79 @@ def fit(
         )
     seconds = time.perf_counter() - start
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    monitored = hist.get(config.early_stopping_monitor)
-    if monitored:
-        pick = np.argmax if config.early_stopping_monitor == "val_accuracy" else np.argmin
-        best = int(pick(monitored)) + 1  # the first best epoch, as Keras' EarlyStopping keeps it
-    else:
-        best = len(hist.get("loss", []))
-    return FitResult(model, hist, seconds, epoch_times, len(hist.get("loss", [])), best, step_history,
-                     steps_per_epoch)
+    return FitResult(model, hist, seconds, epoch_times, len(hist.get("loss", [])),
+                     _best_epoch(hist, config.early_stopping_monitor), step_history, steps_per_epoch)
+
+
+def _best_epoch(hist: dict[str, list[float]], monitor: str) -> int:
+    monitored = hist.get(monitor)
+    if not monitored:
+        return len(hist.get("loss", []))
+    pick = np.argmax if monitor == "val_accuracy" else np.argmin
+    return int(pick(monitored)) + 1  # the first best epoch, as Keras' EarlyStopping keeps it
+
+
+def _fit_apart(config: TrainConfig, input_dim: int, x_train, y_train, x_val, y_val, on_epoch, verbose) -> FitResult:
+    """The n-gram bag trained on its own (large batches, a large step, its own best epoch), then the
+    LSTM alone exactly as without the bag, joined into one network that averages their logits with
+    the weight that scores the validation split best (even weights without one)."""
+    import keras
+
+    has_val = x_val is not None and len(x_val) > 0
+    keras.utils.set_random_seed(config.seed)
+    with own_seed_stream(config.seed):
+        bag = build_bag_model(config)
+    callbacks: list[Any] = []
+    if on_epoch is not None:
+        callbacks.append(epoch_callback(lambda e, logs: on_epoch(e, {f"ngram_{k}": v for k, v in logs.items()})))
+    if config.early_stopping_patience is not None and has_val:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=config.early_stopping_monitor, patience=config.early_stopping_patience,
+            restore_best_weights=True))
+    start = time.perf_counter()
+    history = bag.fit(x_train, y_train.astype(np.float32), batch_size=config.ngram_batch_size,
+                      epochs=config.ngram_epochs, shuffle=True, callbacks=callbacks,
+                      validation_data=(x_val, y_val.astype(np.float32)) if has_val else None,
+                      verbose=1 if verbose is None and sys.stdout.isatty() else (2 if verbose is None else verbose))
+    bag_seconds = time.perf_counter() - start
+    bag_hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    lstm = fit(replace(config, ngram_buckets=0, ngram_epochs=0), input_dim, x_train, y_train, x_val, y_val,
+               on_epoch, verbose)
+    weight, validation = 0.5, {}
+    if has_val:
+        weight, validation = lstm_weight(predict_scores(lstm.model, x_val),
+                                         np.asarray(bag.predict(x_val, batch_size=1024, verbose=0)).reshape(-1),
+                                         np.asarray(y_val))
+    parts = {"ngram_bag": {"history": bag_hist, "epochs_run": len(bag_hist.get("loss", [])),
+                           "best_epoch": _best_epoch(bag_hist, config.early_stopping_monitor),
+                           "train_seconds": round(bag_seconds, 2)},
+             "lstm_weight": weight, "validation": validation}
+    return replace(lstm, model=join_apart(config, input_dim, lstm.model, bag, weight),
+                   train_seconds=lstm.train_seconds + bag_seconds, parts=parts)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
+    # log(1 + e^-z) for positives, log(1 + e^z) for negatives, without overflow.
+    return float(np.mean(np.logaddexp(0.0, np.where(y > 0.5, -z, z))))
+
+
+def lstm_weight(p_lstm: np.ndarray, p_bag: np.ndarray, y: np.ndarray, steps: int = 20) -> tuple[float, dict]:
+    """The LSTM's share ``w`` in ``w * logit_lstm + (1 - w) * logit_bag`` with the lowest
+    validation log loss (a grid of ``steps + 1`` weights), and each candidate's validation figures."""
+    z_lstm, z_bag = _logit(p_lstm), _logit(p_bag)
+    weights = np.linspace(0.0, 1.0, steps + 1)
+    losses = [_log_loss(w * z_lstm + (1 - w) * z_bag, y) for w in weights]
+    w = float(weights[int(np.argmin(losses))])
+
+    def figures(z):
+        return {"accuracy": round(float(np.mean((z > 0) == (y > 0.5))), 4), "log_loss": round(_log_loss(z, y), 4)}
+
+    return w, {"lstm": figures(z_lstm), "ngram_bag": figures(z_bag), "joined": figures(w * z_lstm + (1 - w) * z_bag)}
 
 
 def masks_padding(model) -> bool:

@@ -58,6 +58,8 @@ def evaluate(result: FitResult, ts: TrainingSet) -> dict[str, Any]:
     report["best_epoch"] = result.best_epoch
     report["history"] = result.history
     report["step_history"] = result.step_history
+    if result.parts:
+        report["parts"] = result.parts
     report["report_png"] = curves_png(result, ts, scores)
     if len(ts.test_tokens) and len(ts.test_tokens) == len(ts.y_test):
         # What a dump like the evaluation data looks like to this model: the reference that every

@@ -385,7 +385,8 @@ def test_nightly_retrain_registers_and_gates_a_new_version(stack: Stack):
     before = {v["version"] for v in registry.versions()}
     champion_before = registry.champion()
     # Training settings travel as one `overrides` mapping (TrainConfig's fields), checked by the schema.
-    overrides = {"epochs": 1, "maxlen": 8, "embedding_dim": 8, "lstm_units": 4, "num_words": 60}
+    overrides = {"epochs": 1, "maxlen": 8, "embedding_dim": 8, "lstm_units": 4, "num_words": 60,
+                 "ngram_buckets": 61, "ngram_dim": 3, "ngram_epochs": 2}
     deployment = stack.deployment("retrain-sentiment", "nightly")
     runs_before = stack.flow_run_count(deployment["id"])
     refused = stack.run_deployment("retrain-sentiment/nightly", 'overrides={"epochz": 1}')
@@ -435,7 +436,7 @@ def test_nightly_loop_on_the_deployed_stack(stack: Stack, tmp_path_factory):
     data = sentiment_tgz(tmp_path_factory.mktemp("loop-data") / "tiny.tgz", per_block=40, seed=3)
     registry_uri = f"{stack.bucket}/loop-registry"
     registry = ModelRegistry(registry_uri)
-    tiny = {"epochs": 2, "maxlen": 12, "embedding_dim": 8, "lstm_units": 4, "num_words": 60,
+    tiny = {"epochs": 2, "maxlen": 12, "embedding_dim": 8, "lstm_units": 4, "num_words": 60, "ngram_buckets": 61,
             "validation_split": 0.0, "early_stopping_patience": None, "seed": 1}
 
     def night(*params: str) -> dict[str, Any]:
@@ -609,7 +610,7 @@ def test_promotion_in_a_retrain_triggers_rescoring_and_both_events_arrive(stack:
 
     # A fresh registry: the retrain's first version is promoted ("no champion yet" / first version).
     registry_uri = f"{stack.bucket}/promotion-registry"
-    tiny = {"epochs": 1, "maxlen": 8, "embedding_dim": 8, "lstm_units": 4, "num_words": 60}
+    tiny = {"epochs": 1, "maxlen": 8, "embedding_dim": 8, "lstm_units": 4, "num_words": 60, "ngram_buckets": 61}
     r = stack.run_deployment("retrain-sentiment/nightly", f"registry={registry_uri}", f"data={stack.npz}",
                              f"overrides={json.dumps(tiny)}")
     assert r.returncode == 0 and "Completed" in r.stdout, r.stdout + r.stderr + stack.logs()

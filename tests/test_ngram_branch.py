@@ -149,3 +149,83 @@ def test_a_relu_after_the_join_or_a_bag_first_join_is_refused():
         describe(network(True, False))
     with pytest.raises(ValueError, match="pooled LSTM features and the n-gram bag, in that order"):
         describe(network(False, True))
+
+
+def test_the_lstm_weight_is_the_validation_split_s_choice():
+    from models.training import lstm_weight
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400).astype(np.float32)
+    good = np.where(y > 0, 0.8, 0.2) + rng.normal(0, 0.05, 400)
+    noise = rng.uniform(0.05, 0.95, 400)
+    assert lstm_weight(good, noise, y)[0] == 1.0
+    w, figures = lstm_weight(noise, good, y)
+    assert w == 0.0 and figures["joined"] == figures["ngram_bag"]
+    assert figures["ngram_bag"]["accuracy"] == 1.0
+    # Two parts with independent errors: a mix beats either.
+    a = np.clip(good + rng.normal(0, 0.3, 400), 0.01, 0.99)
+    b = np.clip(good + rng.normal(0, 0.3, 400), 0.01, 0.99)
+    w, figures = lstm_weight(a, b, y)
+    assert 0.0 < w < 1.0
+    assert figures["joined"]["log_loss"] < min(figures["lstm"]["log_loss"], figures["ngram_bag"]["log_loss"])
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(DEFAULT_LIKE, maxlen=7)], ids=["seed", "default-like"])
+def test_the_joined_network_scores_the_weighted_sum_of_its_parts_logits_and_is_served(overrides):
+    from dataclasses import replace
+
+    from models.architecture import build_bag_model, join_apart
+
+    config = LSTM_CONFIG.with_overrides(**BAG, **overrides, ngram_epochs=1)
+    lstm = scaled(build_tiny(1, config=replace(config, ngram_buckets=0, ngram_epochs=0), vocab_size=LSTM_VOCAB))
+    bag = build_bag_model(config)
+    table = bag.get_layer("ngram_embedding")
+    table.embeddings.assign(np.random.default_rng(1).normal(0.0, 2.0, table.embeddings.shape).astype(np.float32))
+    joined = join_apart(config, LSTM_VOCAB, lstm, bag, 0.3)
+    x = parity_inputs(config.maxlen)
+
+    def logit(p):
+        p = np.asarray(p, np.float64).reshape(-1)
+        return np.log(p) - np.log1p(-p)
+
+    np.testing.assert_allclose(logit(keras_reference(joined, x)),
+                               0.3 * logit(keras_reference(lstm, x)) + 0.7 * logit(keras_reference(bag, x)),
+                               atol=1e-4)
+    assert describe(joined).ngram is not None
+    fast = FastLstmPredictor(build_fast_onnx(joined))
+    check_parity(fast, x, keras_reference(joined, x), tolerance=1e-5)
+
+
+def test_a_network_trained_apart_keeps_the_lstm_of_a_plain_run_and_records_its_parts(tmp_path):
+    from dataclasses import replace
+
+    from models.registry import ModelRegistry
+    from models.training import fit
+
+    config = LSTM_CONFIG.with_overrides(**BAG, **DEFAULT_LIKE, maxlen=7, bucket_width=2, epochs=2, batch_size=8,
+                                        ngram_epochs=3, ngram_batch_size=16, early_stopping_patience=1)
+    x = probe_batch(LSTM_VOCAB, 7, n=96, seed=4)
+    y = (np.isin(x, [3, 4, 5]).sum(axis=1) > 1).astype(np.float32)
+    result = fit(config, LSTM_VOCAB, x[:64], y[:64], x[64:], y[64:])
+    plain = fit(replace(config, ngram_buckets=0, ngram_epochs=0), LSTM_VOCAB, x[:64], y[:64], x[64:], y[64:])
+    # The LSTM trains exactly as without the bag: the same seed stream, the same batches.
+    for name in ("embedding", "bilstm", "bilstm_1"):
+        for a, b in zip(result.model.get_layer(name).get_weights(), plain.model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert result.history == plain.history
+    parts = result.parts
+    assert 1 <= parts["ngram_bag"]["epochs_run"] <= 3 and "val_loss" in parts["ngram_bag"]["history"]
+    assert 0.0 <= parts["lstm_weight"] <= 1.0
+    assert set(parts["validation"]) == {"lstm", "ngram_bag", "joined"}
+    assert parts["validation"]["joined"]["log_loss"] <= min(parts["validation"]["lstm"]["log_loss"],
+                                                             parts["validation"]["ngram_bag"]["log_loss"]) + 1e-4
+    reg = ModelRegistry(str(tmp_path / "registry"))
+    probe = probe_batch(LSTM_VOCAB, 7, n=48, seed=2)
+    version = reg.register(result.model, config.preprocessing(vocab_size=LSTM_VOCAB), None, {}, probe)
+    assert reg.metadata(version)["export"]["parity_max_abs_delta"] <= 1e-5
+    assert reg.load_predictor(version).kind == "fast"
+
+
+def test_ngram_epochs_needs_the_bag():
+    with pytest.raises(ValueError, match="ngram_epochs needs ngram_buckets"):
+        LSTM_CONFIG.with_overrides(ngram_epochs=2)

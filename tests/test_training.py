@@ -21,8 +21,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Layer 'max_pool':UserWarning")
 
 
 def tiny(config: TrainConfig, **kw) -> TrainConfig:
-    """The same architecture, a few units wide."""
-    return config.with_overrides(**{"maxlen": 24, "embedding_dim": 6, "lstm_units": 4, **kw})
+    """The same architecture, a few units wide (the n-gram bag a few buckets)."""
+    bag = {"ngram_buckets": 61, "ngram_dim": 3} if config.ngram_buckets else {}
+    return config.with_overrides(**{"maxlen": 24, "embedding_dim": 6, "lstm_units": 4, **bag, **kw})
 
 
 def test_seed_preset_is_the_tutorial():
@@ -40,6 +41,9 @@ def test_default_preset_is_valid_and_bucketed():
     assert config.preset == "default" and config.mask_zero and config.bucket_width > 0
     assert 0 < config.validation_split < 1 and config.early_stopping_patience is not None
     assert dataclasses.replace(config) == config
+    # The n-gram bag trained apart, with the validation split to weigh it against the BiLSTM.
+    assert config.ngram_buckets and config.ngram_epochs
+    assert not get_preset("deep").ngram_buckets
 
 
 @pytest.mark.parametrize("bad", [
