@@ -4,7 +4,7 @@
     .venv/bin/python bench/predictor.py [--maxlen 50 400] [--rows N] [--batch-size 1024]
                                         [--repeat 5] [--threads 0] [--data auto|random]
                                         [--forms loop unrolled] [--no-length-aware] [--json PATH]
-    .venv/bin/python bench/predictor.py --presets default bag [--rows 8192] [--repeat 5]
+    .venv/bin/python bench/predictor.py --presets default:ngram_buckets=0 default [--rows 8192] [--repeat 5]
 
 Set-up (not measured): the ``seed`` preset (Embedding(88,079, 300) -> LSTM(128) -> Dense(1,
 sigmoid); 88,079 is the real IMDB vocabulary size) with random seeded weights, one model per
@@ -82,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--presets", nargs="+", default=[], metavar="PRESET",
                    help="only compare these presets' served predictors on the same reviews (the first is the "
-                        "reference), e.g. --presets default bag")
+                        "reference); NAME:SETTING=VALUE,... overrides settings, e.g. --presets "
+                        "default:ngram_buckets=0 default")
     p.add_argument("--json", help="also write the results here")
     return p.parse_args(argv)
 
@@ -350,7 +351,8 @@ def presets_section(names: list[str], args, reviews) -> dict[str, Any]:
     print(f"\n## presets served by the gate-table graph, {rows} reviews each, {args.repeat} rounds", flush=True)
     predictors, inputs, out = {}, {}, {}
     for name in names:
-        config = get_preset(name)
+        base, _, settings = name.partition(":")
+        config = get_preset(base, **{k: json.loads(v) for k, v in (kv.split("=", 1) for kv in settings.split(",") if kv)})
         model = build(config, args.seed)
         x, source = make_rows(reviews, config, rows, args.seed + 1)
         batch = gate_graph_rows(config.maxlen, config.lstm_units)

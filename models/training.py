@@ -316,7 +316,7 @@ def lstm_weight(p_lstm: np.ndarray, p_bag: np.ndarray, y: np.ndarray, steps: int
     """The LSTM's share ``w`` in ``w * logit_lstm + (1 - w) * logit_bag`` with the lowest
     validation log loss (a grid of ``steps + 1`` weights), and each candidate's validation figures."""
     z_lstm, z_bag = _logit(p_lstm), _logit(p_bag)
-    weights = np.linspace(0.0, 1.0, steps + 1)
+    weights = np.round(np.linspace(0.0, 1.0, steps + 1), 6)  # 0.35, not 0.35000000000000003, in metadata
     losses = [_log_loss(w * z_lstm + (1 - w) * z_bag, y) for w in weights]
     w = float(weights[int(np.argmin(losses))])
 
