@@ -52,17 +52,22 @@ def _head(g: Graph, spec: NetworkSpec, features: list[str]) -> None:
     feat = features[0] if len(features) == 1 else g.op("Concat", features, "feat", axis=1)
     if spec.relu:
         feat = g.op("Relu", [feat], "relu")
+    kernel = spec.dense_kernel
     if spec.ngram is not None:
-        feat = g.op("Concat", [feat, _ngram_features(g, spec)], "joined", axis=1)
-    logit = g.op("Gemm", [feat, g.const(spec.dense_kernel, "dense_w"), g.const(spec.dense_bias, "dense_b")],
-                 "logit")
+        kernel = kernel[:-spec.ngram.width]
+    logit = g.op("Gemm", [feat, g.const(kernel, "dense_w"), g.const(spec.dense_bias, "dense_b")], "logit")
+    if spec.ngram is not None:
+        logit = g.op("Add", [logit, _ngram_logit(g, spec)], "joined_logit")
     g.op("Sigmoid", [logit], outputs=[OUTPUT_NAME])
 
 
-def _ngram_features(g: Graph, spec: NetworkSpec) -> str:
-    """(N, d): the n-gram bag's masked mean, with :class:`models.ngram_layers.HashedNgrams`' ids
-    (the same int64 arithmetic).  The table's row 0 is stored as zeros, so masked ids add nothing
-    and the sum needs no mask; the count of unmasked ids (at least 1) divides it."""
+def _ngram_logit(g: Graph, spec: NetworkSpec) -> str:
+    """(N, 1): the n-gram bag's share of the logit, with :class:`models.ngram_layers.HashedNgrams`'
+    ids (the same int64 arithmetic).  The Dense after the bag's mean is linear, so each bucket's
+    row is folded into its scalar share of the logit (``E @ k_bag``): a table of one float per
+    bucket instead of d (4 MB instead of 64 at the `default` preset), and one gathered float per
+    n-gram.  The table's row 0 is stored as zero, so masked ids add nothing and the sum needs no
+    mask; the count of unmasked ids (at least 1) divides it."""
     from models.ngram_layers import PRIME
 
     bag = spec.ngram
@@ -83,14 +88,14 @@ def _ngram_features(g: Graph, spec: NetworkSpec) -> str:
                               g.const(np.int64(1), "one64")], "bucket")
         ids.append(g.op("Where", [valid, bucket, zero], "ids"))
     ids = ids[0] if len(ids) == 1 else g.op("Concat", ids, "ids", axis=1)
-    table = bag.embeddings.copy()
+    table = (bag.embeddings.astype(np.float64) @ spec.dense_kernel[-bag.width:].astype(np.float64)).astype(np.float32)
     table[0] = 0.0
     rows = g.op("Gather", [g.table(table if g.table_mode != "given" else None, table.shape, "ngram_table"), ids],
-                "ngram_rows", axis=0)                                            # (N, TK, d)
+                "ngram_rows", axis=0)                                            # (N, TK, 1)
     total = g.op("ReduceSum", [rows, g.const([1], "ax1", np.int64)], "ngram_sum", keepdims=0)
     count = g.op("ReduceSum", [g.op("Cast", [g.op("Not", [g.op("Equal", [ids, zero], "masked")], "kept")],
                                      "keptf", to=1), g.const([1], "ax1", np.int64)], "ngram_count", keepdims=1)
-    return g.op("Div", [total, g.op("Max", [count, g.const(np.float32(1.0), "onef")], "count")], "ngram_mean")
+    return g.op("Div", [total, g.op("Max", [count, g.const(np.float32(1.0), "onef")], "count")], "ngram_logit")
 
 
 def _mask_seq(g: Graph, xt: str) -> str:

@@ -81,8 +81,14 @@ def test_the_gate_table_graph_with_the_bag_matches_keras(overrides, form):
     spec = describe(model)
     assert spec.ngram is not None and spec.ngram.orders == (1, 2, 3) and spec.ngram.width == 4
     reference = keras_reference(model, x)
+    graph = build_fast_onnx(model, form=form)
     for batch_size in (1, 16):
-        check_parity(FastLstmPredictor(build_fast_onnx(model, form=form), batch_size=batch_size), x, reference)
+        check_parity(FastLstmPredictor(graph, batch_size=batch_size), x, reference)
+    # The bag's rows are folded into their share of the logit: one float per bucket, not d.
+    import onnx
+
+    (table,) = [t for t in onnx.load_from_string(graph).graph.initializer if t.name.startswith("ngram_table")]
+    assert list(table.dims) == [BUCKETS, 1]
     # The bag is in the score: without it the same LSTM scores differently.
     table = model.get_layer("ngram_embedding").embeddings
     table.assign(np.zeros(table.shape, np.float32))
