@@ -26,13 +26,20 @@ def train(ts: TrainingSet, config: TrainConfig, verbose: int | str | None = None
              config.preset, len(ts.y_train), len(ts.y_val), config.maxlen, ts.preprocessing.input_dim)
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        log.info("epoch %d/%d: %s", epoch, config.epochs,
+        # The n-gram bag trained apart reports its epochs first, as ngram_* metrics.
+        bag = any(k.startswith("ngram_") for k in metrics)
+        log.info("%sepoch %d/%d: %s", "n-gram bag " if bag else "", epoch, config.ngram_epochs if bag else config.epochs,
                  ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
 
     result = fit(config, ts.preprocessing.input_dim, ts.x_train, ts.y_train, ts.x_val, ts.y_val,
                  on_epoch=on_epoch, verbose=verbose)
     log.info("trained %d epoch(s) in %.1f s (best epoch %d)", result.epochs_run, result.train_seconds,
              result.best_epoch)
+    if result.parts:
+        log.info("joined with the n-gram bag (%d epoch(s), best %d): the BiLSTM's logit weighted %.2f; "
+                 "validation accuracy %s", result.parts["ngram_bag"]["epochs_run"],
+                 result.parts["ngram_bag"]["best_epoch"], result.parts["lstm_weight"],
+                 {k: v["accuracy"] for k, v in result.parts["validation"].items()})
     return result
 
 

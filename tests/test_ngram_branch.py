@@ -235,3 +235,27 @@ def test_a_network_trained_apart_keeps_the_lstm_of_a_plain_run_and_records_its_p
 def test_ngram_epochs_needs_the_bag():
     with pytest.raises(ValueError, match="ngram_epochs needs ngram_buckets"):
         LSTM_CONFIG.with_overrides(ngram_epochs=2)
+
+
+def test_the_train_task_logs_the_bag_s_epochs_and_how_the_parts_were_joined(caplog):
+    import logging
+
+    from tasks.data import TrainingSet
+    from tasks.training import train
+
+    config = LSTM_CONFIG.with_overrides(**BAG, maxlen=7, epochs=1, batch_size=16, ngram_epochs=2,
+                                        ngram_batch_size=16, early_stopping_patience=1)
+    x = probe_batch(LSTM_VOCAB, 7, n=64, seed=5)
+    y = (np.isin(x, [3, 4, 5]).sum(axis=1) > 1).astype(np.float32)
+    ts = TrainingSet(config.preprocessing(vocab_size=LSTM_VOCAB), "f", x[:48], y[:48], x[48:], y[48:], x[48:],
+                     y[48:], np.full(16, 7))
+    log = logging.getLogger("reviews")  # Prefect's logging setup does not propagate it to the root
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="reviews"):
+            result = train.fn(ts, config, verbose=0)
+    finally:
+        log.removeHandler(caplog.handler)
+    text = caplog.text
+    assert "n-gram bag epoch 1/2: ngram_accuracy=" in text and "epoch 1/1: accuracy=" in text
+    assert f"the BiLSTM's logit weighted {result.parts['lstm_weight']:.2f}" in text
