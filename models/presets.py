@@ -49,7 +49,8 @@ class TrainConfig:
     # Trained jointly, the LSTM overfits in 1-2 epochs while the bag needs ~5 at a far larger
     # step: apart, each trains to its own best epoch on validation (models/training.py).
     ngram_epochs: int = _setting(0, "train the n-gram bag apart first, for at most N epochs, then the LSTM alone, "
-                                    "and serve them as one network averaging their logits (0: train them jointly)")
+                                    "and serve them as one network mixing their logits by the validation split's weight "
+                                    "(0: train them jointly)")
     ngram_batch_size: int = _setting(256, "batch size of the n-gram bag trained apart")
     ngram_learning_rate: float = _setting(1e-2, "Adam's learning rate for the n-gram bag trained apart")
     # optimisation
@@ -148,8 +149,8 @@ PRESETS: dict[str, TrainConfig] = {
         learning_rate_decay=0.3,
         validation_split=0.1,
         early_stopping_patience=1,
-        # A hashed uni+bigram bag trained apart, its logit averaged with the BiLSTM's
-        # (bench/README.md, "Model quality"): test 0.9043 against the BiLSTM's 0.8866 alone.
+        # A hashed uni+bigram bag trained apart, its logit mixed with the BiLSTM's by a weight chosen
+        # on validation (bench/README.md, "Issue #17"): test 0.9045 against the BiLSTM's 0.8866 alone.
         ngram_buckets=1 << 20,
         ngram_order=2,
         ngram_dim=16,

@@ -217,13 +217,8 @@ def fit(
     if config.learning_rate_decay != 1.0:
         callbacks.append(keras.callbacks.LearningRateScheduler(
             lambda epoch, lr: config.learning_rate * config.learning_rate_decay ** epoch))
-    if config.early_stopping_patience is not None and has_val:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=config.early_stopping_monitor, patience=config.early_stopping_patience,
-            restore_best_weights=True))
-    if verbose is None:
-        # A live progress bar on a terminal, one line per epoch in logs.
-        verbose = 1 if sys.stdout.isatty() else 2
+    callbacks += _early_stopping(config, has_val)
+    verbose = _verbosity(verbose)
     start = time.perf_counter()
     if bucketed:
         history = model.fit(
@@ -250,9 +245,27 @@ def fit(
             verbose=verbose,
         )
     seconds = time.perf_counter() - start
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    hist = _floats(history.history)
     return FitResult(model, hist, seconds, epoch_times, len(hist.get("loss", [])),
                      _best_epoch(hist, config.early_stopping_monitor), step_history, steps_per_epoch)
+
+
+def _floats(history: dict[str, list]) -> dict[str, list[float]]:
+    return {k: [float(v) for v in vals] for k, vals in history.items()}
+
+
+def _early_stopping(config: TrainConfig, has_val: bool) -> list[Any]:
+    import keras
+
+    if config.early_stopping_patience is None or not has_val:
+        return []
+    return [keras.callbacks.EarlyStopping(monitor=config.early_stopping_monitor,
+                                          patience=config.early_stopping_patience, restore_best_weights=True)]
+
+
+def _verbosity(verbose: int | str | None) -> int | str:
+    # A live progress bar on a terminal, one line per epoch in logs.
+    return (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
 
 
 def _best_epoch(hist: dict[str, list[float]], monitor: str) -> int:
@@ -276,17 +289,14 @@ def _fit_apart(config: TrainConfig, input_dim: int, x_train, y_train, x_val, y_v
     callbacks: list[Any] = []
     if on_epoch is not None:
         callbacks.append(epoch_callback(lambda e, logs: on_epoch(e, {f"ngram_{k}": v for k, v in logs.items()})))
-    if config.early_stopping_patience is not None and has_val:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=config.early_stopping_monitor, patience=config.early_stopping_patience,
-            restore_best_weights=True))
+    callbacks += _early_stopping(config, has_val)
     start = time.perf_counter()
     history = bag.fit(x_train, y_train.astype(np.float32), batch_size=config.ngram_batch_size,
                       epochs=config.ngram_epochs, shuffle=True, callbacks=callbacks,
                       validation_data=(x_val, y_val.astype(np.float32)) if has_val else None,
-                      verbose=1 if verbose is None and sys.stdout.isatty() else (2 if verbose is None else verbose))
+                      verbose=_verbosity(verbose))
     bag_seconds = time.perf_counter() - start
-    bag_hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    bag_hist = _floats(history.history)
     lstm = fit(replace(config, ngram_buckets=0, ngram_epochs=0), input_dim, x_train, y_train, x_val, y_val,
                on_epoch, verbose)
     weight, validation = 0.5, {}
