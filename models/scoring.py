@@ -113,10 +113,41 @@ VALIDATE_ROWS = 1024
 def _token_reasons(tokens: pa.Array, vocab_size: int) -> np.ndarray:
     """Per-row reason code for a list array of token ids, vectorised on the flat values."""
     arr = as_list_array(tokens)
+    clean = _row_reasons_if_values_clean(arr, vocab_size)
+    if clean is not None:
+        return clean
     if len(arr) <= VALIDATE_ROWS:
         return _chunk_reasons(arr, vocab_size)
     return np.concatenate([_chunk_reasons(arr.slice(s, VALIDATE_ROWS), vocab_size)
                            for s in range(0, len(arr), VALIDATE_ROWS)])
+
+
+def _spanned_values(arr: pa.ListArray | pa.LargeListArray) -> pa.Array:
+    offsets = arr.offsets
+    first, last = (offsets[0].as_py(), offsets[-1].as_py()) if len(arr) else (0, 0)
+    return arr.values.slice(first, last - first)
+
+
+def _row_reasons(arr: pa.ListArray | pa.LargeListArray) -> np.ndarray:
+    """The codes of the row-level faults alone (null and empty sequences)."""
+    codes = np.zeros(len(arr), dtype=np.int8)
+    codes[pc.fill_null(pc.equal(pc.list_value_length(arr), 0), False).to_numpy(zero_copy_only=False)] = EMPTY_SEQ
+    codes[pc.is_null(arr).to_numpy(zero_copy_only=False)] = NULL_SEQ
+    return codes
+
+
+def _row_reasons_if_values_clean(arr: pa.ListArray | pa.LargeListArray, vocab_size: int) -> np.ndarray | None:
+    """The usual batch has integer ids, no null among them and none out of range: one min/max pass
+    over the values shows it, and only null or empty rows remain to be named.  None when some
+    value may be at fault (then every check runs per row)."""
+    values = _spanned_values(arr)
+    if not pa.types.is_integer(values.type) or values.null_count:
+        return None
+    if len(values):
+        low, high = pc.min_max(values).values()
+        if low.as_py() < 0 or high.as_py() >= vocab_size:
+            return None
+    return _row_reasons(arr)
 
 
 def _chunk_reasons(arr: pa.ListArray | pa.LargeListArray, vocab_size: int) -> np.ndarray:
@@ -126,9 +157,7 @@ def _chunk_reasons(arr: pa.ListArray | pa.LargeListArray, vocab_size: int) -> np
     # list_parent_indices (list_flatten would skip values under a null slot; the Parquet
     # reader never puts any there, other producers may).  Null rows are named by NULL_SEQ,
     # which wins over any verdict on such values.
-    offsets = arr.offsets
-    first, last = (offsets[0].as_py(), offsets[-1].as_py()) if len(arr) else (0, 0)
-    values = arr.values.slice(first, last - first)
+    values = _spanned_values(arr)
     parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
 
     def rows_with(mask: pa.Array) -> np.ndarray:
