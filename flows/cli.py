@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import traceback
@@ -13,8 +12,8 @@ from typing import Any, Sequence
 
 import infra.prefect_defaults  # noqa: F401  (before anything imports Prefect)
 from flows.cli_support import (UNTRACKED_NOTE, Parser, add_training_options, api_configured, check_storage,
-                               console_without_tracebacks, flow_arguments, given_uris, storage_error_line,
-                               training_overrides)
+                               console_without_tracebacks, flow_arguments, given_uris, prefect_parameter_errors,
+                               storage_error_line, training_overrides, untracked_console)
 from infra.settings import default_data, default_registry
 
 
@@ -125,7 +124,7 @@ def cmd_models_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_scoring(parameters: dict[str, Any], track: bool = False) -> dict[str, Any]:
+def run_scoring(parameters: dict[str, Any], track: bool = False, debug: bool = False) -> dict[str, Any]:
     """The score-reviews run: tracked with ``track`` or when Prefect has an API, else untracked
     (the same flow body with no Prefect server: starting one costs 20-45 s, flows/untracked.py)."""
     if track or api_configured():
@@ -133,19 +132,21 @@ def run_scoring(parameters: dict[str, Any], track: bool = False) -> dict[str, An
         from infra.prefect_server_lifetime import tie_if_ephemeral
 
         tie_if_ephemeral()  # as main() does for the other flow commands: a temporary server dies with us
+        if not debug:
+            console_without_tracebacks()
         return score_reviews(**parameters)  # the flow tags its own run (tasks.reporting.tag_run)
     from flows.untracked import score_untracked
 
     print(UNTRACKED_NOTE, file=sys.stderr, flush=True)
-    logging.getLogger("reviews").setLevel(logging.INFO)  # the step logs a tracked run shows
+    untracked_console(debug)  # the step logs a tracked run shows, with no Prefect to print them
     return score_untracked(**parameters)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from flows.score import score_reviews
+    from flows.score_run import score_reviews
 
     check_storage(args.registry, args.output, args.input)
-    _print_json(run_scoring(flow_arguments(score_reviews, args), track=args.track))
+    _print_json(run_scoring(flow_arguments(score_reviews, args), track=args.track, debug=args.debug))
     return 0
 
 
@@ -215,7 +216,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         # Tracked as `reviews score` is: untracked unless Prefect has an API (then no server starts
         # when the champion was reused and nothing trained).
         scored = run_scoring({"input": dump, "output": output, "model": trained["version"],
-                              "registry": args.registry, "overwrite": True})
+                              "registry": args.registry, "overwrite": True}, debug=args.debug)
     _print_json({"skipped": False, "steps": steps, "version": trained["version"],
                  "test_accuracy": trained["test_accuracy"], "test_auc": trained["test_auc"],
                  "train_seconds": trained["train_seconds"], "dump": dump, "output": output, "scored": scored})
@@ -376,8 +377,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from infra.imdb import DataError
     from infra.storage import StorageError
     from models.registry import RegistryError
-    from prefect.exceptions import ParameterTypeError
-
     from tasks.scoring import ScoringError
 
     if args.command in ("train", "quickstart", "serve"):
@@ -386,12 +385,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from infra.prefect_server_lifetime import tie_if_ephemeral
 
         tie_if_ephemeral()
-    if args.command in ("score", "train", "quickstart") and not args.debug:  # serve's console is a service log
+    # serve's console is a service log; score sets its console up once it knows whether Prefect runs it.
+    if args.command in ("train", "quickstart") and not args.debug:
         console_without_tracebacks()
     try:
         return args.func(args)
-    except (DataError, StorageError, RegistryError, ScoringError, ParameterTypeError, ValueError,
-            FileNotFoundError) as exc:
+    except (DataError, StorageError, RegistryError, ScoringError, ValueError, FileNotFoundError,
+            *prefect_parameter_errors()) as exc:
         if args.debug:
             traceback.print_exc()
         message = storage_error_line(exc, given_uris(args)) if isinstance(exc, StorageError) else exc

@@ -12,6 +12,8 @@ import argparse
 import copy
 import logging
 import os
+import sys
+
 
 def train_help(name: str) -> str:
     """A training setting's help (models/presets.py) with every preset's value."""
@@ -109,12 +111,77 @@ def console_without_tracebacks() -> None:
                 handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
+def untracked_console(debug: bool = False) -> None:
+    """The ``reviews`` logger's lines on stderr, as Prefect's console shows them, for a run
+    that never loads Prefect (whose logging set-up would otherwise print them)."""
+    log = logging.getLogger("reviews")
+    log.setLevel(logging.INFO)
+    if logging.getLogger().handlers or any(isinstance(h, _UntrackedConsole) for h in log.handlers):
+        return  # Prefect's handlers, a test's capture, or a call before this one: they already show them
+    handler = _UntrackedConsole()
+    fmt = logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S")
+    handler.setFormatter(fmt if debug else _WithoutTraceback(fmt))
+    log.addHandler(handler)
+
+
+class _UntrackedConsole(logging.StreamHandler):
+    pass
+
+
+def prefect_parameter_errors() -> tuple[type[Exception], ...]:
+    """Prefect's refusal of a flow's parameters, if Prefect was loaded (else none was raised)."""
+    if "prefect.exceptions" not in sys.modules:
+        return ()
+    from prefect.exceptions import ParameterTypeError
+
+    return (ParameterTypeError,)
+
+
 def api_configured() -> bool:
     """Whether Prefect has an API to record runs in: ``PREFECT_API_URL`` from the environment,
-    a ``.env``/``prefect.toml`` or the active profile (``prefect profile use``, ``prefect config set``)."""
+    a ``.env``/``prefect.toml`` or the active profile (``prefect profile use``, ``prefect config set``).
+
+    Prefect's settings answer, unless nothing here can name an API (:func:`_may_name_an_api`):
+    then the answer is no without importing Prefect (about 1 s, the untracked run's largest cost)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    if not _may_name_an_api():
+        return False
     from prefect.settings import get_current_settings
 
     return bool(get_current_settings().api.url)
+
+
+# Prefect's own profiles with no API (prefect/settings/profiles.toml); any other may have one.
+_PROFILES_WITHOUT_API = ("ephemeral", "test")
+
+
+def _may_name_an_api() -> bool:
+    """False only when no source of Prefect's settings can hold an API URL: no ``.env``,
+    ``prefect.toml`` or ``[tool.prefect]`` here that mentions one, and an active profile that is
+    one of Prefect's own without an API and sets none in the profiles file."""
+    import tomllib
+
+    cwd_files = {name: _text(name) for name in (".env", "prefect.toml", "pyproject.toml")}
+    if "API_URL" in cwd_files[".env"].upper() or cwd_files["prefect.toml"] or "tool.prefect" in cwd_files["pyproject.toml"]:
+        return True
+    home = os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect")
+    path = os.path.expanduser(os.environ.get("PREFECT_PROFILES_PATH") or os.path.join(home, "profiles.toml"))
+    try:
+        profiles = tomllib.loads(_text(path))
+    except tomllib.TOMLDecodeError:
+        return True  # Prefect will say what it makes of it
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    settings = profiles.get("profiles", {}).get(active, {})
+    return active not in _PROFILES_WITHOUT_API or any("API_URL" in key.upper() for key in settings)
+
+
+def _text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 UNTRACKED_NOTE = ("reviews: untracked run: no Prefect API is configured, so nothing is recorded in Prefect "
@@ -128,7 +195,8 @@ def flow_arguments(flow, args: argparse.Namespace) -> dict:
     the one list of them (tests/test_cli.py checks that every parameter has its option)."""
     import inspect
 
-    return {name: getattr(args, name) for name in inspect.signature(flow.fn).parameters if hasattr(args, name)}
+    fn = getattr(flow, "fn", flow)  # the flow, or the function it runs
+    return {name: getattr(args, name) for name in inspect.signature(fn).parameters if hasattr(args, name)}
 
 
 def check_storage(*uris: str | None) -> None:

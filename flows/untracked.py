@@ -1,82 +1,67 @@
-"""The score-reviews flow's body run untracked: no Prefect API, no server, no run records.
+"""The score-reviews flow's body run untracked: no Prefect at all, no server, no run records.
 
 With no API configured, Prefect 3 starts a temporary API server (a uvicorn child process and
 its SQLite database) on the first flow *or task* call, even for an empty task: 20-45 s on
-2 cores before the first row.  ``reviews score`` with no API needs nothing that server
-records, so it runs :func:`flows.score.score_run`, the flow's own body, with
-:class:`UntrackedSteps`:
+2 cores before the first row; importing Prefect alone takes about 1 s.  ``reviews score`` with
+no API needs nothing that server records, so it runs :func:`flows.score_run.score_run`, the
+flow's own body, with :class:`UntrackedSteps`, and never imports Prefect:
 
-* every step is its Prefect task's body (``task.fn``), retried as the task declares it
-  (``tasks/retries.py``: count, delays, jitter and retry condition are read off the task), so a
+* every step is its task's body (``task.fn``), retried as the task declares it
+  (:class:`tasks.lazy_task.LazyTask`: count, delays, jitter and retry condition), so a
   throttled S3 request is retried here exactly when the tracked run would retry it;
 * the units run on a local thread pool of the flow's size, or on the Dask cluster named by
   ``dask_address`` through ``distributed`` itself (Prefect's Dask runner needs an API);
 * artifacts are skipped and the run logger is the ``reviews`` logger (``tasks/reporting.py``
   does both outside a run); the claim's run id is a random one, as for any caller outside a run.
 
-Parameters are validated by the flow's own validator, so both paths accept and coerce the same
-values and write the same parameters into the manifest.
+Parameters are validated against the flow's own signature by pydantic, as Prefect's flow
+validation does (tests/test_untracked.py holds the two to the same answers), so both paths
+accept and coerce the same values and write the same parameters into the manifest.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from prefect import Task
-from prefect.states import Failed
-from prefect.utilities.math import clamped_poisson_interval
-
-from flows.score import UNIT_THREADS, score_reviews, score_run
+from flows.score_run import UNIT_THREADS, score_reviews, score_run
+from tasks.lazy_task import LazyTask
 
 _LOG = logging.getLogger("reviews")
 
 
-def retry_delay(task: Task, retry: int) -> float:
-    """Seconds before retry number ``retry`` (0-based), the way Prefect's task engine picks them."""
-    delays = task.retry_delay_seconds
-    if not delays:
-        return 0.0
-    delay = delays[min(retry, len(delays) - 1)] if isinstance(delays, Sequence) else delays
-    if task.retry_jitter_factor and delay > 0:
-        delay = clamped_poisson_interval(delay, clamping_factor=task.retry_jitter_factor)
-    return float(delay)
+class ParameterError(ValueError):
+    """Parameters the flow would refuse (Prefect's ParameterTypeError in a tracked run)."""
 
 
-def should_retry(task: Task, exc: Exception) -> bool:
-    if task.retry_condition_fn is None:
-        return True
-    # The condition gets the failed state it would get in a task run (there is no task run:
-    # tasks/retries.py's condition reads only the state's exception).
-    return bool(task.retry_condition_fn(task, None, Failed(data=exc)))
-
-
-def call(task: Task, *args: Any, **kwargs: Any) -> Any:
+def call(task: LazyTask, *args: Any, **kwargs: Any) -> Any:
     """``task``'s body, retried on failure as the task declares."""
     retry = 0
     while True:
         try:
             return task.fn(*args, **kwargs)
         except Exception as exc:
-            if retry >= task.retries or not should_retry(task, exc):
+            if retry >= task.retries or not task.should_retry(exc):
                 raise
-            delay = retry_delay(task, retry)
+            delay = task.retry_delay(retry)
             retry += 1
             _LOG.warning("%s failed with %r - retry %s/%s in %.1f s", task.name, exc, retry, task.retries, delay)
             time.sleep(delay)
 
 
 class UntrackedSteps:
-    """:class:`flows.score.Steps` that need no Prefect API: task bodies, local threads or Dask."""
+    """:class:`flows.score_run.Steps` that need no Prefect: task bodies, local threads or Dask."""
 
-    def run(self, task: Task, *args: Any, **kwargs: Any) -> Any:
+    def run(self, task: LazyTask, *args: Any, **kwargs: Any) -> Any:
         return call(task, *args, **kwargs)
 
-    def map(self, task: Task, mapped: dict[str, list[Any]], shared: dict[str, Any],
+    def map(self, task: LazyTask, mapped: dict[str, list[Any]], shared: dict[str, Any],
             dask_address: str | None) -> list[Any]:
         calls = [{**dict(zip(mapped, values)), **shared} for values in zip(*mapped.values())]
         if dask_address:
@@ -96,7 +81,7 @@ def _call_by_name(module: str, name: str, kwargs: dict[str, Any]) -> Any:
     return call(getattr(importlib.import_module(module), name), **kwargs)
 
 
-def _on_dask(address: str, task: Task, calls: list[dict[str, Any]]) -> list[Any]:
+def _on_dask(address: str, task: LazyTask, calls: list[dict[str, Any]]) -> list[Any]:
     from distributed import Client
 
     # The task travels by name: the worker imports it, as it would for Prefect's Dask runner.
@@ -107,6 +92,28 @@ def _on_dask(address: str, task: Task, calls: list[dict[str, Any]]) -> list[Any]
         return client.gather(futures)
 
 
+@functools.cache
+def _parameters_model(fn: Callable[..., Any]):
+    import pydantic
+
+    fields = {name: (Any if p.annotation is p.empty else p.annotation, ... if p.default is p.empty else p.default)
+              for name, p in inspect.signature(fn).parameters.items()}
+    config = pydantic.ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    return pydantic.create_model(f"{fn.__name__}_parameters", __config__=config, **fields)
+
+
+def validated_parameters(fn: Callable[..., Any], parameters: dict[str, Any]) -> dict[str, Any]:
+    """All of ``fn``'s parameters, defaults applied, each coerced to its annotation as Prefect's
+    ``Flow.validate_parameters`` does; :class:`ParameterError` naming each refused one."""
+    import pydantic
+
+    try:
+        return dict(_parameters_model(fn)(**parameters))
+    except pydantic.ValidationError as exc:
+        problems = "\n".join(f" - {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ParameterError(f"invalid parameters:\n{problems}") from None
+
+
 def score_untracked(**parameters: Any) -> dict[str, Any]:
     """``score_reviews(**parameters)`` without Prefect: the same run, summary and outputs."""
-    return score_run(score_reviews.validate_parameters(parameters), UntrackedSteps())
+    return score_run(validated_parameters(score_reviews, parameters), UntrackedSteps())

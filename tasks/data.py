@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from infra import storage
 from infra.labelled_inputs import read_labelled
 from models.data_snapshot import RunInputs
 from models.imdb_dataset import ImdbData, load_imdb
@@ -17,8 +16,8 @@ from models.labelled_data import LabelledSet, judge_labelled
 from models.preprocessing import Preprocessing, lengths, to_matrix
 from models.presets import TrainConfig
 from models.training import validation_split
+from tasks.lazy_task import task
 from tasks.reporting import logger, table
-from tasks.retries import retry_if_transient
 
 
 @dataclass
@@ -41,7 +40,7 @@ class TrainingSet:
     test_tokens: pa.ListArray = field(default_factory=lambda: pa.array([], pa.list_(pa.int32())))
 
 
-@task(name="load-imdb", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="load-imdb", retries=1, retry_delay_seconds=5)
 def load_data(data: str = "auto", cache_dir: str | None = None) -> ImdbData:
     imdb = load_imdb(data, cache_dir=cache_dir)
     s = imdb.summary()
@@ -51,8 +50,8 @@ def load_data(data: str = "auto", cache_dir: str | None = None) -> ImdbData:
     return imdb
 
 
-@task(name="add-labelled-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=retry_if_transient)
+@task(name="add-labelled-data", retries=2, retry_delay_seconds=[2, 10],
+      retry_on=storage.is_transient)
 def add_labelled(imdb: ImdbData, inputs: RunInputs) -> JointData:
     """Read, validate, deduplicate and split the run's labelled files, then join their train rows
     to IMDB's under one vocabulary.  Every row not used is reported with its reason."""
@@ -69,7 +68,7 @@ def add_labelled(imdb: ImdbData, inputs: RunInputs) -> JointData:
     return join_labelled(imdb, labelled)
 
 
-@task(name="prepare-matrices", cache_policy=NO_CACHE)
+@task(name="prepare-matrices")
 def prepare(imdb: ImdbData, config: TrainConfig,
             holdout_tokens: pa.Array | None = None,
             holdout_labels: np.ndarray | None = None) -> TrainingSet:

@@ -7,12 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from infra import storage
 from models import dump_discovery
 from models.dump_discovery import Partition
+from tasks.lazy_task import task
 from tasks.reporting import logger
 from tasks.retries import TRANSIENT_RETRIES
 
@@ -65,7 +63,7 @@ class PartitionScoringError(RuntimeError):
     """A partition's score-reviews run did not complete; the message says how it ended."""
 
 
-@task(name="discover-partitions", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(name="discover-partitions", **TRANSIENT_RETRIES)
 def discover_partitions(input_root: str, output_root: str, champion: str | None = None,
                         model: str | None = None) -> dict[str, Any]:
     found = dump_discovery.discover(input_root, output_root, champion, model=model)
@@ -128,7 +126,7 @@ def _via_subflow(score_reviews: Callable[..., Any], params: dict[str, Any]) -> A
 
 # No retries: a scoring run that failed has its own retries inside; the next discovery run
 # picks the partition up again (its output still lacks _SUCCESS).
-@task(name="score-partition", task_run_name="score-partition-{partition.name}", cache_policy=NO_CACHE)
+@task(name="score-partition", task_run_name="score-partition-{partition.name}")
 def score_partition(partition: Partition, deployment: str | None, registry: str | None,
                     score_parameters: dict[str, Any], subflow: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Score one partition as its own ``score-reviews`` flow run; raises if that run fails.

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
+from infra import storage
 from infra.code_version import running_code_version
 from infra.labelled_inputs import list_labelled
 from models.data_snapshot import RunInputs, skip_markdown, snapshot, unchanged
 from models.imdb_dataset import ImdbData
 from models.presets import TrainConfig
 from models.registry import ModelRegistry
+from tasks.lazy_task import task
 from tasks.reporting import logger, markdown
-from tasks.retries import retry_if_transient
 
 
-@task(name="data-snapshot", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=retry_if_transient)
+@task(name="data-snapshot", retries=2, retry_delay_seconds=[2, 10],
+      retry_on=storage.is_transient)
 def snapshot_inputs(imdb: ImdbData, labelled: list[str], holdout_share: float) -> RunInputs:
     """List the labelled files and fingerprint the run's inputs (nothing is read but the listing)."""
     if not 0.0 <= holdout_share < 1.0:
@@ -30,7 +28,7 @@ def snapshot_inputs(imdb: ImdbData, labelled: list[str], holdout_share: float) -
     return RunInputs(files, holdout_share, snap, running_code_version())
 
 
-@task(name="skip-if-unchanged", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="skip-if-unchanged", retries=2, retry_delay_seconds=[2, 10])
 def skip_if_unchanged(registry_uri: str, inputs: RunInputs, config: TrainConfig,
                       force: bool = False) -> dict[str, Any] | None:
     """The run's summary when the latest version was trained on the same snapshot, config and code

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from models.comparison import compare
 from models.evaluation_set import EvaluationSet, evaluation_set, version_matrix
@@ -19,11 +17,12 @@ from models.registry import ModelRegistry, RegistryError
 from models.training import FitResult
 from tasks import events
 from tasks.data import TrainingSet
+from tasks.lazy_task import task
 from tasks.reporting import in_run, inline_png, logger, markdown
 from tasks.training import history_markdown, public_metrics
 
 
-@task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="register-model", retries=2, retry_delay_seconds=[2, 10])
 def register(registry_uri: str, result: FitResult, ts: TrainingSet, config: TrainConfig,
              report: dict[str, Any], imdb: ImdbData,
              lineage: dict[str, Any] | None = None) -> str:
@@ -72,7 +71,7 @@ def _scores(registry: ModelRegistry, version: str, es: EvaluationSet, predictor)
     return np.asarray(predictor.predict(x)).reshape(-1), how
 
 
-@task(name="promotion-gate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="promotion-gate", retries=2, retry_delay_seconds=[2, 10])
 def gate(registry_uri: str, version: str, imdb: ImdbData, ts: TrainingSet,
          min_improvement: float = 0.0) -> dict[str, Any]:
     """Score challenger and champion on one evaluation set (the IMDB test split plus the labelled

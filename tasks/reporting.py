@@ -1,35 +1,52 @@
-"""Run logger and artifacts that also work when a task body runs outside Prefect."""
+"""Run logger and artifacts that also work when a task body runs outside Prefect.
+
+Outside a run none of this imports Prefect (the untracked ``reviews score`` never loads it,
+``tasks/lazy_task.py``): a process that has not imported ``prefect.context`` is in no run.
+"""
 
 from __future__ import annotations
 
 import base64
 import logging
+import sys
 from typing import Any
 
-from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.context import FlowRunContext, TaskRunContext
-from prefect.exceptions import MissingContextError
 
+def _flow_run_context():
+    if "prefect.context" not in sys.modules:
+        return None
+    from prefect.context import FlowRunContext
 
-def logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("reviews")
+    return FlowRunContext.get()
 
 
 def in_run() -> bool:
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+    if "prefect.context" not in sys.modules:
+        return False
+    from prefect.context import TaskRunContext
+
+    return _flow_run_context() is not None or TaskRunContext.get() is not None
+
+
+def logger() -> logging.Logger | logging.LoggerAdapter:
+    if not in_run():
+        return logging.getLogger("reviews")
+    from prefect import get_run_logger
+
+    return get_run_logger()
 
 
 def table(key: str, rows: list[dict[str, Any]], description: str) -> None:
     if in_run():
+        from prefect.artifacts import create_table_artifact
+
         create_table_artifact(table=rows, key=key, description=description)
 
 
 def markdown(key: str, text: str, description: str) -> None:
     if in_run():
+        from prefect.artifacts import create_markdown_artifact
+
         create_markdown_artifact(markdown=text, key=key, description=description)
 
 
@@ -49,7 +66,7 @@ def tag_run(*tags: str) -> None:
     """Add ``tags`` to the current flow run only: a ``prefect.tags`` block around the call would tag
     every task run too, and Prefect asks the API for tag concurrency slots for each tagged task run
     (flows/score.py).  Deployment runs already carry them; CLI and subflow runs get them here."""
-    ctx = FlowRunContext.get()
+    ctx = _flow_run_context()
     if ctx is None or ctx.flow_run is None or set(tags) <= set(ctx.flow_run.tags):
         return
     from prefect.client.orchestration import get_client
@@ -67,7 +84,7 @@ def rename_run(name: str, only_if_named: str | None = None) -> None:
 
     ``only_if_named`` keeps a name someone chose (``--flow-run-name``) over ours.
     """
-    ctx = FlowRunContext.get()
+    ctx = _flow_run_context()
     if ctx is None or ctx.flow_run is None:
         return
     if only_if_named is not None and ctx.flow_run.name != only_if_named:

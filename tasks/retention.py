@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from models.registry import ModelRegistry
 from models.retention import prune
+from tasks.lazy_task import task
 from tasks.reporting import logger, table
 
 
-@task(name="prune-registry", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="prune-registry", retries=2, retry_delay_seconds=[2, 10])
 def prune_registry(registry_uri: str, keep_versions: int) -> dict[str, Any]:
     """Keep the ``keep_versions`` newest versions, the champion and its rollback history (audited).
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from infra.run_storage import RunStorage
 from models import run_drift, scoring_steps
 from models.dump_profile import DRIFT_THRESHOLD
@@ -20,6 +17,7 @@ from models.output_dataset import CLAIM_TTL_SECONDS, OutputDataset, ScoringError
 from models.predictor_cache import cached_predictor
 from models.scoring import ScoringSpec
 from tasks import events, progress
+from tasks.lazy_task import task
 from tasks.reporting import in_run, inline_png, logger, markdown, table
 from tasks.retries import TRANSIENT_RETRIES
 
@@ -27,34 +25,34 @@ __all__ = ["ScoringError", "claim_output", "clear_output", "finalize", "plan_sco
            "score_unit"]
 
 
-@task(name="resolve-model", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(name="resolve-model", **TRANSIENT_RETRIES)
 def resolve_model(registry_uri: str, model: str = "champion", vocabulary: bool = False,
                   run_storage: RunStorage | None = None) -> dict[str, Any]:
     """``champion``/``latest``/a version -> the exact version, resolved once per run."""
     return scoring_steps.choose_model(registry_uri, model, vocabulary, run_storage, logger())
 
 
-@task(name="plan-scoring", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(name="plan-scoring", **TRANSIENT_RETRIES)
 def plan_scoring(input_uri: str, output: str | OutputDataset, spec: ScoringSpec, max_rows_per_unit: int,
                  overwrite: bool) -> dict[str, Any]:
     """Find the inputs, read their footers, cut row-group units; refuse to mix outputs."""
     return scoring_steps.plan(input_uri, OutputDataset.of(output), spec, max_rows_per_unit, overwrite, logger())
 
 
-@task(name="claim-output", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(name="claim-output", **TRANSIENT_RETRIES)
 def claim_output(output: str | OutputDataset, model_version: str, run_id: str, layout: str = "",
                  ttl_seconds: float = CLAIM_TTL_SECONDS) -> str:
     """Stake a claim on the output so that no two incompatible runs write into it at once."""
     return OutputDataset.of(output).claim(model_version, run_id, layout, ttl_seconds, logger())
 
 
-@task(name="clear-output", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(name="clear-output", **TRANSIENT_RETRIES)
 def clear_output(output: str | OutputDataset) -> int:
     """overwrite=true: remove earlier parts, rejects and markers before scoring again."""
     return OutputDataset.of(output).clear()
 
 
-@task(name="score-unit", task_run_name="score-unit-{unit[unit_id]}", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(name="score-unit", task_run_name="score-unit-{unit[unit_id]}", **TRANSIENT_RETRIES)
 def score_unit(unit: dict[str, Any], output: str | OutputDataset, spec: ScoringSpec, registry_uri: str,
                batch_size: int = 8192, predictor_kind: str = "auto",
                duplicates: dict[int, str] | None = None) -> dict[str, Any]:
@@ -65,7 +63,7 @@ def score_unit(unit: dict[str, Any], output: str | OutputDataset, spec: ScoringS
         batch_size, duplicates, progress.advance, logger())
 
 
-@task(name="finalize-scoring", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(name="finalize-scoring", **TRANSIENT_RETRIES)
 def finalize(output: str | OutputDataset, plan: dict[str, Any], results: list[dict[str, Any]],
              model: dict[str, Any], parameters: dict[str, Any], started_at: str, seconds: float,
              max_reject_fraction: float, units_seconds: float | None = None,

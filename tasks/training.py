@@ -7,8 +7,6 @@ import tempfile
 from typing import Any
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from models import evaluation
 from models.dump_profile import DumpProfile
@@ -16,10 +14,11 @@ from models.onnx_export import gate_graph_scores
 from models.presets import TrainConfig
 from models.training import FitResult, fit, predict_scores
 from tasks.data import TrainingSet
+from tasks.lazy_task import task
 from tasks.reporting import logger, table
 
 
-@task(name="train-model", cache_policy=NO_CACHE)
+@task(name="train-model")
 def train(ts: TrainingSet, config: TrainConfig, verbose: int | str | None = None) -> FitResult:
     log = logger()
     log.info("training preset %r on %d reviews (%d held out for validation), maxlen %d, input_dim %d",
@@ -52,7 +51,7 @@ def curves_png(result: FitResult, ts: TrainingSet, scores) -> bytes:
             return f.read()
 
 
-@task(name="evaluate-model", cache_policy=NO_CACHE)
+@task(name="evaluate-model")
 def evaluate(result: FitResult, ts: TrainingSet) -> dict[str, Any]:
     # The gate-table graph the version will be served from gives the same scores (checked) faster.
     scores = gate_graph_scores(result.model, ts.x_test)

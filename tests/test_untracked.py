@@ -87,7 +87,7 @@ def test_score_cli_without_an_api_scores_and_starts_no_prefect_server(tmp_path, 
     assert not [c for c in children if "uvicorn" in c or "prefect" in c], children
     imported = _imported(stderr)
     assert "flows.untracked" in imported and "tasks.scoring" in imported, "the importtime check sees nothing"
-    assert not {"prefect.server.api.server", "uvicorn", "tensorflow", "keras"} & imported
+    assert not {"prefect", "uvicorn", "tensorflow", "keras"} & imported, "Prefect (1 s to import) was loaded"
     assert list(home.iterdir()) == [], "Prefect wrote its home: a server (or its database) was started"
     notes = [line for line in stderr.splitlines() if line.startswith("reviews: untracked run")]
     assert len(notes) == 1 and "--track" in notes[0] and "PREFECT_API_URL" in notes[0]
@@ -120,14 +120,43 @@ def test_untracked_run_writes_what_the_tracked_flow_writes(tmp_path, registry, p
 
 
 def test_untracked_run_refuses_what_the_flow_refuses(tmp_path, registry):
-    from prefect.exceptions import ParameterTypeError
+    from flows.untracked import ParameterError, score_untracked
 
-    from flows.untracked import score_untracked
-
-    with pytest.raises(ParameterTypeError, match="predictor"):
+    with pytest.raises(ParameterError, match="predictor: Input should be 'auto'"):
         score_untracked(input=str(tmp_path), output=str(tmp_path / "out"), registry=registry["uri"], predictor="gpu")
     with pytest.raises(ValueError, match="threshold"):
         score_untracked(input=str(tmp_path), output=str(tmp_path / "out"), registry=registry["uri"], threshold=2.0)
+
+
+_PARAMETER_CASES = [
+    {"input": "in", "output": "out"},
+    {"input": "in", "output": "out", "batch_size": "12", "threshold": "0.3", "overwrite": "true", "registry": None},
+    {"input": "in", "output": "out", "fail_on_drift": "no", "drift_threshold": 1, "predictor": "int8"},
+    {"input": "in", "output": "out", "predictor": "gpu"},
+    {"input": "in"},
+    {"input": "in", "output": "out", "nope": 1},
+    {"input": "in", "output": "out", "batch_size": 1.5},
+    {"input": 3, "output": "out"},
+    {"input": "in", "output": "out", "dask_address": 5},
+    {"input": "in", "output": "out", "on_duplicate_id": "drop"},
+]
+
+
+@pytest.mark.parametrize("parameters", _PARAMETER_CASES)
+def test_untracked_validation_gives_the_flows_answer(parameters):
+    """Without Prefect the parameters are checked by pydantic against the flow's signature: the
+    same values accepted and coerced alike, the same refused."""
+    from flows.score import score_reviews
+    from flows.untracked import ParameterError, validated_parameters
+
+    try:
+        expected = score_reviews.validate_parameters(parameters)
+    except Exception:  # noqa: BLE001 - Prefect's refusals differ in class (ParameterTypeError, SignatureMismatchError)
+        with pytest.raises(ParameterError):
+            validated_parameters(score_reviews.fn, parameters)
+        return
+    got = validated_parameters(score_reviews.fn, parameters)
+    assert got == expected and [type(v) for v in got.values()] == [type(v) for v in expected.values()]
 
 
 def test_untracked_units_are_retried_as_the_task_declares(proxy, s3_bucket, registry, caplog):
@@ -148,16 +177,42 @@ def test_untracked_units_are_retried_as_the_task_declares(proxy, s3_bucket, regi
 
 
 def test_retry_policy_is_read_off_the_task():
-    from flows.untracked import retry_delay, should_retry
     from tasks.scoring import score_unit
 
     throttled = OSError("When uploading part: AWS Error SLOW_DOWN during UploadPart operation: "
                         "Please reduce your request rate.")
-    assert should_retry(score_unit, throttled)
-    assert not should_retry(score_unit, FileNotFoundError("s3://b/in/a.parquet"))
+    assert score_unit.should_retry(throttled)
+    assert not score_unit.should_retry(FileNotFoundError("s3://b/in/a.parquet"))
     # exponential_backoff(1) with jitter 0.5: about 1, 2, 4, 8 s, never more than 1.5x
     for retry, base in enumerate([1, 2, 4, 8, 8]):
-        assert 0 <= retry_delay(score_unit, retry) <= 1.5 * base
+        assert 0 <= score_unit.retry_delay(retry) <= 1.5 * base
+
+
+def test_the_prefect_task_has_the_declared_policy():
+    """The Prefect task built from a declaration retries what the untracked run retries, after
+    the delays Prefect's own backoff and jitter give, and caches nothing."""
+    import random
+
+    from prefect.cache_policies import NO_CACHE
+    from prefect.states import Failed
+    from prefect.tasks import exponential_backoff
+    from prefect.utilities.math import clamped_poisson_interval
+
+    from tasks.lazy_task import clamped_poisson_interval as ours
+    from tasks.scoring import score_unit
+
+    t = score_unit.prefect
+    assert t is score_unit.prefect and t.fn is score_unit.fn and t.name == "score-unit"
+    assert (t.retries, t.retry_delay_seconds, t.retry_jitter_factor) == (4, exponential_backoff(1)(4), 0.5)
+    assert t.cache_policy is NO_CACHE
+    throttled = OSError("AWS Error SLOW_DOWN during PutObject operation: Please reduce your request rate.")
+    assert t.retry_condition_fn(t, None, Failed(data=throttled))
+    assert not t.retry_condition_fn(t, None, Failed(data=FileNotFoundError("s3://b/in/a.parquet")))
+    for average in (1.0, 2.0, 8.0):
+        random.seed(7)
+        expected = clamped_poisson_interval(average, clamping_factor=0.5)
+        random.seed(7)
+        assert ours(average, 0.5) == pytest.approx(expected, rel=1e-12)
 
 
 def test_untracked_units_run_on_dask_workers(tmp_path, registry):
@@ -177,17 +232,41 @@ def test_untracked_units_run_on_dask_workers(tmp_path, registry):
     assert read_output(str(tmp_path / "out")).num_rows == 300
 
 
-@pytest.mark.parametrize("profile_api", [True, False])
-def test_an_api_in_the_prefect_profile_counts_as_configured(tmp_path, profile_api):
-    home = tmp_path / "prefect-home"
+_PROFILE_REMOTE = 'active = "remote"\n\n[profiles.remote]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n'
+_PROFILE_EPHEMERAL = 'active = "ephemeral"\n\n[profiles.ephemeral]\nPREFECT_SERVER_EPHEMERAL_ENABLED = "true"\n'
+
+
+@pytest.mark.parametrize("setup, configured, asks_prefect", [
+    ({}, False, False),  # a machine where Prefect was never set up: answered without importing it
+    ({"profiles.toml": _PROFILE_EPHEMERAL}, False, False),
+    ({"profiles.toml": _PROFILE_REMOTE}, True, True),
+    # Not one of Prefect's profiles without an API: Prefect is asked (and says no: the file names no URL).
+    ({"profiles.toml": 'active = "local"\n'}, False, True),
+    ({"env:PREFECT_PROFILE": "local"}, False, True),
+    ({"cwd:.env": "PREFECT_API_URL=http://127.0.0.1:9/api\n"}, True, True),
+    ({"cwd:.env": "OTHER=1\n"}, False, False),
+    ({"cwd:prefect.toml": '[api]\nurl = "http://127.0.0.1:9/api"\n'}, True, True),
+    ({"env:PREFECT_API_URL": "http://127.0.0.1:9/api"}, True, False),
+])
+def test_an_api_anywhere_in_prefects_settings_counts_as_configured(tmp_path, setup, configured, asks_prefect):
+    home, cwd = tmp_path / "prefect-home", tmp_path / "cwd"
     home.mkdir()
-    if profile_api:
-        (home / "profiles.toml").write_text('active = "remote"\n\n[profiles.remote]\n'
-                                            'PREFECT_API_URL = "http://127.0.0.1:9/api"\n')
-    code = "from flows.cli_support import api_configured; print(api_configured())"
-    r = subprocess.run([sys.executable, "-c", code], env=_without_prefect_settings(str(home)), cwd=str(REPO),
-                       capture_output=True, text=True, timeout=120, check=True)
-    assert r.stdout.strip() == str(profile_api)
+    cwd.mkdir()
+    env = _without_prefect_settings(str(home))
+    for key, value in setup.items():
+        where, _, name = key.rpartition(":")
+        if where == "env":
+            env[name] = value
+        else:
+            (cwd if where == "cwd" else home).joinpath(name).write_text(value)
+    code = ("import sys; from flows.cli_support import api_configured; ours = api_configured(); "
+            "asked = 'prefect' in sys.modules; from prefect.settings import get_current_settings; "
+            "print(ours, asked, bool(get_current_settings().api.url))")
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(cwd), capture_output=True, text=True,
+                       timeout=120, check=True)
+    ours, asked, prefects = r.stdout.split()
+    assert ours == prefects == str(configured), r.stderr[-2000:]
+    assert asked == str(asks_prefect)
 
 
 def test_predictor_cache_opens_an_s3_registry_with_the_runs_settings(s3_bucket, s3_env):
