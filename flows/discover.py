@@ -129,7 +129,7 @@ def score_new_dumps(
         if partitions:
             runner = ThreadPoolTaskRunner(max_workers=max_concurrent)
             with runner:
-                futures = runner.map(score_partition, parameters={
+                futures = runner.map(score_partition.prefect, parameters={
                     "partition": partitions, "deployment": unmapped(deployment), "registry": unmapped(registry),
                     "score_parameters": unmapped(params),
                     "subflow": unmapped(None if deployment else score_reviews)})
