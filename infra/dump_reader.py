@@ -168,7 +168,9 @@ def iter_unit_batches(pf: pq.ParquetFile, unit: Unit, columns: list[str],
                       batch_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(row number of the batch's first row in the file, batch) for every batch of the unit."""
     row = unit.first_row
+    # One thread: units already run side by side with the predictor's threads, and Arrow's pools
+    # cost 0.1-0.5 s on each of their first reads in a process (a row group decodes in ~20 ms).
     for batch in pf.iter_batches(batch_size=batch_size, row_groups=unit.row_groups, columns=columns,
-                                 use_threads=True):
+                                 use_threads=False):
         yield row, batch
         row += batch.num_rows
