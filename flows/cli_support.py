@@ -163,7 +163,8 @@ def _may_name_an_api() -> bool:
     import tomllib
 
     cwd_files = {name: _text(name) for name in (".env", "prefect.toml", "pyproject.toml")}
-    if "API_URL" in cwd_files[".env"].upper() or cwd_files["prefect.toml"] or "tool.prefect" in cwd_files["pyproject.toml"]:
+    if ("API_URL" in cwd_files[".env"].upper() or cwd_files["prefect.toml"]
+            or "tool.prefect" in cwd_files["pyproject.toml"]):
         return True
     home = os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect")
     path = os.path.expanduser(os.environ.get("PREFECT_PROFILES_PATH") or os.path.join(home, "profiles.toml"))

@@ -152,7 +152,6 @@ def _row_reasons_if_values_clean(arr: pa.ListArray | pa.LargeListArray, vocab_si
 
 def _chunk_reasons(arr: pa.ListArray | pa.LargeListArray, vocab_size: int) -> np.ndarray:
     n = len(arr)
-    lengths = pc.list_value_length(arr)
     # The values the offsets span, null slots included, so that they line up with
     # list_parent_indices (list_flatten would skip values under a null slot; the Parquet
     # reader never puts any there, other producers may).  Null rows are named by NULL_SEQ,
@@ -165,11 +164,7 @@ def _chunk_reasons(arr: pa.ListArray | pa.LargeListArray, vocab_size: int) -> np
         out[parents[mask.to_numpy(zero_copy_only=False).astype(bool)]] = True
         return out
 
-    checks: list[tuple[np.ndarray, int]] = [
-        (pc.is_null(arr).to_numpy(zero_copy_only=False), NULL_SEQ),
-        (pc.fill_null(pc.equal(lengths, 0), False).to_numpy(zero_copy_only=False), EMPTY_SEQ),
-        (rows_with(pc.is_null(values)), NULL_TOKEN),
-    ]
+    checks: list[tuple[np.ndarray, int]] = [(rows_with(pc.is_null(values)), NULL_TOKEN)]
     # Compare in one wide type of the values' own kind: uint64 ids beyond int64 and
     # float16 tokens must be judged per row, not fail the whole batch.
     t = values.type
@@ -185,10 +180,12 @@ def _chunk_reasons(arr: pa.ListArray | pa.LargeListArray, vocab_size: int) -> np
         checks.append((rows_with(pc.less(filled, pa.scalar(0, wide))), NEGATIVE))
     checks.append((rows_with(pc.greater_equal(filled, pa.scalar(vocab_size, wide))), TOO_LARGE))
     codes = np.zeros(n, dtype=np.int8)
-    # The first failing check names the row: assign in reverse so earlier checks win.
+    # The first failing check names the row: assign in reverse so earlier checks win; a null or
+    # empty row is named so before any verdict on its values.
     for mask, code in reversed(checks):
         codes[mask] = code
-    return codes
+    rows = _row_reasons(arr)
+    return np.where(rows != OK, rows, codes)
 
 
 def encode_text(texts: pa.Array, spec: ScoringSpec) -> tuple[pa.Array, np.ndarray]:
