@@ -20,8 +20,8 @@ matrix.  Pooling must then ignore padded steps too:
   before.
 
 With ``ngram_buckets`` an n-gram bag branch reads the same token matrix beside the LSTM:
-hashed word n-grams -> ``Embedding(mask_zero)`` -> masked mean, concatenated with the pooled
-LSTM features before the output (:mod:`models.ngram_layers`).  Its ids depend on the tokens
+hashed word n-grams -> ``Embedding(mask_zero)`` -> masked mean (or sum), concatenated with the
+pooled LSTM features before the output (:mod:`models.ngram_layers`, :mod:`models.ngram_bag`).  Its ids depend on the tokens
 only and n-grams touching padding are masked, so it too is exact on length-bucketed batches.
 
 Apart from that branch's two registered layer classes, only built-in Keras layers are used, so
@@ -75,28 +75,14 @@ def build_model(config: TrainConfig, input_dim: int, sequence_length: int | None
 
 
 def ngram_bag(config: TrainConfig, tokens):
-    """The n-gram bag branch: hashed n-grams of orders 1..ngram_order -> Embedding -> masked mean."""
+    """The n-gram bag branch: hashed n-grams of orders 1..ngram_order -> Embedding -> masked mean
+    (``mean``) or sum (``nb``, its ratios folded into the table: :mod:`models.ngram_bag`)."""
     from keras import layers
 
-    from models.ngram_layers import HashedNgrams, MaskedMean
+    from models.ngram_bag import bag_ids, pooling
 
-    ids = HashedNgrams(config.ngram_buckets, tuple(range(1, config.ngram_order + 1)), name="ngram_ids")(tokens)
-    bag = layers.Embedding(config.ngram_buckets, config.ngram_dim, mask_zero=True, name="ngram_embedding")(ids)
-    return MaskedMean(name="ngram_mean")(bag)
-
-
-def build_bag_model(config: TrainConfig):
-    """The n-gram bag alone on the ``maxlen`` token matrix, for training it apart from the LSTM
-    (``config.ngram_epochs``); its layers are named as in the joined network."""
-    import keras
-    from keras import layers
-
-    inputs = keras.Input(shape=(config.maxlen,), dtype="int32", name="tokens")
-    outputs = layers.Dense(1, activation="sigmoid", name="ngram_score")(ngram_bag(config, inputs))
-    model = keras.Model(inputs, outputs, name=f"imdb_ngram_bag_{config.preset}")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.ngram_learning_rate),
-                  loss="binary_crossentropy", metrics=["accuracy"])
-    return model
+    bag = layers.Embedding(config.ngram_buckets, config.ngram_dim, mask_zero=True, name="ngram_embedding")
+    return pooling(config)(bag(bag_ids(config)(tokens)))
 
 
 def join_apart(config: TrainConfig, input_dim: int, lstm_model, bag_model, lstm_weight: float):
@@ -106,11 +92,14 @@ def join_apart(config: TrainConfig, input_dim: int, lstm_model, bag_model, lstm_
     gate-table graph and every predictor serve it unchanged."""
     import numpy as np
 
+    from models.ngram_bag import served_weights
+
     model = build_model(config, input_dim)
-    for source in (lstm_model, bag_model):
-        for layer in source.layers:
-            if layer.weights and layer.name not in ("score", "ngram_score"):
-                model.get_layer(layer.name).set_weights(layer.get_weights())
+    for layer in lstm_model.layers:
+        if layer.weights and layer.name != "score":
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    for name, weights in served_weights(bag_model).items():
+        model.get_layer(name).set_weights(weights)
     k_lstm, b_lstm = lstm_model.get_layer("score").get_weights()
     k_bag, b_bag = bag_model.get_layer("ngram_score").get_weights()
     w = float(lstm_weight)

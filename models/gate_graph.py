@@ -88,14 +88,32 @@ def _ngram_logit(g: Graph, spec: NetworkSpec) -> str:
                               g.const(np.int64(1), "one64")], "bucket")
         ids.append(g.op("Where", [valid, bucket, zero], "ids"))
     ids = ids[0] if len(ids) == 1 else g.op("Concat", ids, "ids", axis=1)
+    if bag.distinct:
+        ids = _distinct(g, ids, spec.maxlen * len(bag.orders))
     table = (bag.embeddings.astype(np.float64) @ spec.dense_kernel[-bag.width:].astype(np.float64)).astype(np.float32)
     table[0] = 0.0
     rows = g.op("Gather", [g.table(table if g.table_mode != "given" else None, table.shape, "ngram_table"), ids],
                 "ngram_rows", axis=0)                                            # (N, TK, 1)
     total = g.op("ReduceSum", [rows, g.const([1], "ax1", np.int64)], "ngram_sum", keepdims=0)
+    if bag.pooling == "sum":
+        return total
     count = g.op("ReduceSum", [g.op("Cast", [g.op("Not", [g.op("Equal", [ids, zero], "masked")], "kept")],
                                      "keptf", to=1), g.const([1], "ax1", np.int64)], "ngram_count", keepdims=1)
     return g.op("Div", [total, g.op("Max", [count, g.const(np.float32(1.0), "onef")], "count")], "ngram_logit")
+
+
+def _distinct(g: Graph, ids: str, width: int) -> str:
+    """Each row's ids sorted, every repeat replaced by 0: :class:`HashedNgrams`' ``distinct``."""
+    ids = g.op("TopK", [ids, g.const([width], "width", np.int64)], "sorted", outputs=2, axis=1, largest=0,
+               sorted=1)[0]
+    rest = g.op("Slice", [ids, g.const([1], "j", np.int64), g.const([width], "T", np.int64),
+                          g.const([1], "ax1", np.int64)], "rest")
+    before = g.op("Slice", [ids, g.const([0], "z", np.int64), g.const([width - 1], "T1", np.int64),
+                            g.const([1], "ax1", np.int64)], "before")
+    rest = g.op("Where", [g.op("Equal", [rest, before], "repeat"), g.const(np.int64(0), "zero64"), rest], "once")
+    first = g.op("Slice", [ids, g.const([0], "z", np.int64), g.const([1], "one", np.int64),
+                           g.const([1], "ax1", np.int64)], "first")
+    return g.op("Concat", [first, rest], "distinct", axis=1)
 
 
 def _mask_seq(g: Graph, xt: str) -> str:

@@ -64,6 +64,8 @@ class NgramBag:
     buckets: int
     orders: tuple[int, ...]
     embeddings: np.ndarray          # (buckets, d); row 0 (n-grams touching padding) is masked
+    distinct: bool = False          # each distinct id of a review once (repeats masked)
+    pooling: str = "mean"           # "mean" | "sum" over the unmasked ids
 
     @property
     def width(self) -> int:
@@ -188,9 +190,9 @@ def _chain(model) -> list:
 
 
 def _ngram_branch(model, layers: list) -> list:
-    """The n-gram bag's three layers (input -> HashedNgrams -> Embedding(mask_zero) -> MaskedMean),
-    checked; [] when the model has none."""
-    from models.ngram_layers import HashedNgrams, MaskedMean
+    """The n-gram bag's three layers (input -> HashedNgrams -> Embedding(mask_zero) -> MaskedMean or
+    MaskedSum), checked; [] when the model has none."""
+    from models.ngram_layers import HashedNgrams, MaskedMean, MaskedSum
 
     starts = [layer for layer in layers if isinstance(layer, HashedNgrams)]
     if not starts:
@@ -200,11 +202,12 @@ def _ngram_branch(model, layers: list) -> list:
     import keras
 
     branch, previous = [], model.inputs[0]
-    for kind in (HashedNgrams, keras.layers.Embedding, MaskedMean):
+    for kind in (HashedNgrams, keras.layers.Embedding, (MaskedMean, MaskedSum)):
         users = [layer for layer in layers if layer not in branch and any(
             a is previous for a in layer._inbound_nodes[0].arguments.args)] if branch else starts
         if len(users) != 1 or not isinstance(users[0], kind) or len(users[0]._inbound_nodes) != 1:
-            _refuse(users[0] if users else starts[0], "the n-gram branch must be HashedNgrams -> Embedding -> MaskedMean")
+            _refuse(users[0] if users else starts[0],
+                    "the n-gram branch must be HashedNgrams -> Embedding -> MaskedMean or MaskedSum")
         branch.append(users[0])
         previous = users[0]._inbound_nodes[0].outputs[0]
     if not branch[1].mask_zero:
@@ -219,11 +222,14 @@ def _ngram_bag(model) -> NgramBag | None:
     branch = _ngram_branch(model, [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)])
     if not branch:
         return None
-    ids, embedding = branch[0], branch[1]
+    from models.ngram_layers import MaskedSum
+
+    ids, embedding, pool = branch
     table = _np(embedding.embeddings).astype(np.float32)
     if table.shape[0] != ids.buckets:
         _refuse(embedding, f"{table.shape[0]} rows for {ids.buckets} n-gram buckets")
-    return NgramBag(ids.buckets, tuple(ids.orders), table)
+    return NgramBag(ids.buckets, tuple(ids.orders), table, distinct=ids.distinct,
+                    pooling="sum" if isinstance(pool, MaskedSum) else "mean")
 
 
 def describe(model) -> NetworkSpec:

@@ -13,6 +13,11 @@ reaches 2^63 for any int32 token; an n-gram that touches padding (token 0) gets 
 bag's ``Embedding(mask_zero=True)`` masks.  Order k's ids fill columns ``[(k-1)T, kT)``, one per
 start position (the last k-1 of them are always padding).
 
+With ``distinct=True`` each review's ids come sorted, every repeat of an id replaced by 0: a bag
+that sums them counts each distinct n-gram once, NBSVM's binarised features (Wang & Manning
+2012), which score IMDB better than counts.  Sorting is the one way to find repeats per row that
+Keras and ONNX (``TopK``) both offer; the sum does not depend on the order.
+
 These are registered Keras classes (``reviews>``), so a version loads with ``safe_mode=True``
 once this module is imported (:mod:`models.architecture` imports it).
 """
@@ -30,7 +35,7 @@ MAX_ORDER = 3
 class HashedNgrams(keras.layers.Layer):
     """``(batch, T)`` token ids -> ``(batch, T * len(orders))`` n-gram bucket ids in [0, buckets)."""
 
-    def __init__(self, buckets: int, orders: tuple[int, ...] = (1, 2), **kwargs):
+    def __init__(self, buckets: int, orders: tuple[int, ...] = (1, 2), distinct: bool = False, **kwargs):
         super().__init__(**kwargs)
         orders = tuple(int(k) for k in orders)
         if buckets < 2 or not orders or any(not 1 <= k <= MAX_ORDER for k in orders):
@@ -38,6 +43,7 @@ class HashedNgrams(keras.layers.Layer):
                              f"got {buckets}, {orders}")
         self.buckets = int(buckets)
         self.orders = orders
+        self.distinct = bool(distinct)
 
     def call(self, tokens):
         t = ops.cast(tokens, "int64")
@@ -54,14 +60,20 @@ class HashedNgrams(keras.layers.Layer):
                 valid = ops.logical_and(valid, ops.not_equal(nxt, 0))
             bucket = 1 + ops.mod(h, self.buckets - 1)
             ids.append(ops.where(valid, bucket, ops.zeros_like(bucket)))
-        return ops.cast(ops.concatenate(ids, axis=1), "int32")
+        ids = ops.cast(ops.concatenate(ids, axis=1), "int32")
+        if self.distinct:
+            ids = ops.sort(ids, axis=1)
+            repeat = ops.equal(ids[:, 1:], ids[:, :-1])
+            ids = ops.concatenate([ids[:, :1], ops.where(repeat, ops.zeros_like(ids[:, 1:]), ids[:, 1:])], axis=1)
+        return ids
 
     def compute_output_shape(self, input_shape):
         width = input_shape[1]
         return (input_shape[0], None if width is None else width * len(self.orders))
 
     def get_config(self):
-        return {**super().get_config(), "buckets": self.buckets, "orders": list(self.orders)}
+        return {**super().get_config(), "buckets": self.buckets, "orders": list(self.orders),
+                "distinct": self.distinct}
 
 
 @keras.saving.register_keras_serializable(package="reviews")
@@ -77,6 +89,26 @@ class MaskedMean(keras.layers.Layer):
             return ops.mean(x, axis=1)
         m = ops.expand_dims(ops.cast(mask, x.dtype), -1)
         return ops.sum(x * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="reviews")
+class MaskedSum(keras.layers.Layer):
+    """The sum over unmasked steps: a linear model's logit over the n-grams present (the NB bag)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, x, mask=None):
+        if mask is None:
+            return ops.sum(x, axis=1)
+        return ops.sum(x * ops.expand_dims(ops.cast(mask, x.dtype), -1), axis=1)
 
     def compute_mask(self, inputs, mask=None):
         return None

@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from models.architecture import build_bag_model, build_model, join_apart
+from models.architecture import build_model, join_apart
+from models.ngram_bag import build_bag_model, nb_ratios
 from models.preprocessing import OOV
 from models.presets import TrainConfig
 
@@ -284,13 +285,14 @@ def _fit_apart(config: TrainConfig, input_dim: int, x_train, y_train, x_val, y_v
 
     has_val = x_val is not None and len(x_val) > 0
     keras.utils.set_random_seed(config.seed)
+    start = time.perf_counter()
+    ratios = nb_ratios(config, x_train, y_train) if config.ngram_weighting == "nb" else None
     with own_seed_stream(config.seed):
-        bag = build_bag_model(config)
+        bag = build_bag_model(config, ratios, len(x_train))
     callbacks: list[Any] = []
     if on_epoch is not None:
         callbacks.append(epoch_callback(lambda e, logs: on_epoch(e, {f"ngram_{k}": v for k, v in logs.items()})))
     callbacks += _early_stopping(config, has_val)
-    start = time.perf_counter()
     history = bag.fit(x_train, y_train.astype(np.float32), batch_size=config.ngram_batch_size,
                       epochs=config.ngram_epochs, shuffle=True, callbacks=callbacks,
                       validation_data=(x_val, y_val.astype(np.float32)) if has_val else None,

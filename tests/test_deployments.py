@@ -386,7 +386,7 @@ def test_nightly_retrain_registers_and_gates_a_new_version(stack: Stack):
     champion_before = registry.champion()
     # Training settings travel as one `overrides` mapping (TrainConfig's fields), checked by the schema.
     overrides = {"epochs": 1, "maxlen": 8, "embedding_dim": 8, "lstm_units": 4, "num_words": 60,
-                 "ngram_buckets": 61, "ngram_dim": 3, "ngram_epochs": 2}
+                 "ngram_buckets": 61, "ngram_epochs": 2}
     deployment = stack.deployment("retrain-sentiment", "nightly")
     runs_before = stack.flow_run_count(deployment["id"])
     refused = stack.run_deployment("retrain-sentiment/nightly", 'overrides={"epochz": 1}')

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Layer '.*' \\(of type GlobalMaxP
 
 BUCKETS = 53
 BAG = dict(ngram_buckets=BUCKETS, ngram_order=3, ngram_dim=4)
+# The NBSVM-like bag: one weight per bucket, summed over each review's distinct n-grams.
+NB_BAG = dict(BAG, ngram_dim=1, ngram_weighting="nb", ngram_distinct=True, ngram_epochs=1)
 
 
 def bag_model(seed: int = 0, **overrides):
@@ -66,20 +68,41 @@ def test_ids_are_the_documented_hash_and_padding_gets_id_0():
             == 1 + ((2**31 - 1) * PRIME * PRIME + (2**31 - 1) * PRIME + 2**31 - 1) % (BUCKETS - 1))
 
 
+def test_distinct_ids_hold_each_n_gram_of_a_review_once():
+    x = np.array([[3, 5, 3, 5, 3, 0, 0], [0, 0, 4, 4, 4, 4, 4], [0] * 7], np.int32)
+    every = np.asarray(HashedNgrams(BUCKETS, (1, 2, 3))(x))
+    once = np.asarray(HashedNgrams(BUCKETS, (1, 2, 3), distinct=True)(x))
+    assert once.shape == every.shape
+    for row_every, row_once in zip(every, once):
+        kept = row_once[row_once != 0]
+        assert sorted(kept.tolist()) == sorted(set(row_every[row_every != 0].tolist()))
+    # Row 0: 3, 5, (3,5), (5,3), (3,5,3), (5,3,5); row 1: 4, (4,4), (4,4,4).
+    assert [(r != 0).sum() for r in once] == [6, 3, 0]
+
+
 def test_bad_bag_settings_are_refused():
     with pytest.raises(ValueError, match="orders within 1..3"):
         HashedNgrams(BUCKETS, (4,))
     with pytest.raises(ValueError, match="ngram_order in 1..3"):
         LSTM_CONFIG.with_overrides(ngram_buckets=10, ngram_order=4)
+    with pytest.raises(ValueError, match="needs ngram_dim 1 and ngram_epochs"):
+        LSTM_CONFIG.with_overrides(**{**NB_BAG, "ngram_dim": 4})
+    with pytest.raises(ValueError, match="needs ngram_dim 1 and ngram_epochs"):
+        LSTM_CONFIG.with_overrides(**{**NB_BAG, "ngram_epochs": 0})
+    with pytest.raises(ValueError, match="ngram_c must be > 0"):
+        LSTM_CONFIG.with_overrides(**NB_BAG, ngram_c=0.0)
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(DEFAULT_LIKE, maxlen=7)], ids=["seed", "default-like"])
+@pytest.mark.parametrize("overrides", [dict(), dict(DEFAULT_LIKE, maxlen=7), dict(DEFAULT_LIKE, maxlen=7, **NB_BAG)],
+                         ids=["seed", "default-like", "nb-bag"])
 @pytest.mark.parametrize("form", FORMS)
 def test_the_gate_table_graph_with_the_bag_matches_keras(overrides, form):
     model = bag_model(1, **overrides)
     x = parity_inputs(model.inputs[0].shape[1])
     spec = describe(model)
-    assert spec.ngram is not None and spec.ngram.orders == (1, 2, 3) and spec.ngram.width == 4
+    nb = overrides.get("ngram_weighting") == "nb"
+    assert spec.ngram is not None and spec.ngram.orders == (1, 2, 3) and spec.ngram.width == (1 if nb else 4)
+    assert (spec.ngram.distinct, spec.ngram.pooling) == ((True, "sum") if nb else (False, "mean"))
     reference = keras_reference(model, x)
     graph = build_fast_onnx(model, form=form)
     for batch_size in (1, 16):
@@ -176,18 +199,32 @@ def test_the_lstm_weight_is_the_validation_split_s_choice():
     assert figures["joined"]["log_loss"] < min(figures["lstm"]["log_loss"], figures["ngram_bag"]["log_loss"])
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(DEFAULT_LIKE, maxlen=7)], ids=["seed", "default-like"])
+@pytest.mark.parametrize("overrides", [dict(BAG), dict(BAG, **DEFAULT_LIKE, maxlen=7), dict(NB_BAG, **DEFAULT_LIKE, maxlen=7)],
+                         ids=["seed", "default-like", "nb-bag"])
 def test_the_joined_network_scores_the_weighted_sum_of_its_parts_logits_and_is_served(overrides):
     from dataclasses import replace
 
-    from models.architecture import build_bag_model, join_apart
+    from models.architecture import join_apart
+    from models.ngram_bag import build_bag_model
 
-    config = LSTM_CONFIG.with_overrides(**BAG, **overrides, ngram_epochs=1)
+    config = LSTM_CONFIG.with_overrides(**{**overrides, "ngram_epochs": 1})
     lstm = scaled(build_tiny(1, config=replace(config, ngram_buckets=0, ngram_epochs=0), vocab_size=LSTM_VOCAB))
-    bag = build_bag_model(config)
+    rng = np.random.default_rng(1)
+    ratios = rng.normal(0.0, 1.5, BUCKETS).astype(np.float32)
+    bag = build_bag_model(config, ratios, n_train=40)
     table = bag.get_layer("ngram_embedding")
-    table.embeddings.assign(np.random.default_rng(1).normal(0.0, 2.0, table.embeddings.shape).astype(np.float32))
+    # The nb bag sums ~15 rows times their ratios: a smaller spread keeps its logits off float32's 1.0.
+    spread = 0.3 if config.ngram_weighting == "nb" else 2.0
+    table.embeddings.assign(rng.normal(0.0, spread, table.embeddings.shape).astype(np.float32))
+    if config.ngram_weighting == "nb":
+        # The penalty is on the learned factors, liblinear's 1/(2 C n) |theta|^2; the ratios are fixed.
+        theta = table.get_weights()[0]
+        assert float(sum(bag.losses)) == pytest.approx((theta ** 2).sum() / (2 * config.ngram_c * 40), rel=1e-5)
+        assert [w.name for w in bag.trainable_weights] == ["embeddings"]
     joined = join_apart(config, LSTM_VOCAB, lstm, bag, 0.3)
+    if config.ngram_weighting == "nb":
+        np.testing.assert_allclose(joined.get_layer("ngram_embedding").get_weights()[0],
+                                   table.get_weights()[0] * ratios[:, None], rtol=1e-6)
     x = parity_inputs(config.maxlen)
 
     def logit(p):
@@ -202,14 +239,16 @@ def test_the_joined_network_scores_the_weighted_sum_of_its_parts_logits_and_is_s
     check_parity(fast, x, keras_reference(joined, x), tolerance=1e-5)
 
 
-def test_a_network_trained_apart_keeps_the_lstm_of_a_plain_run_and_records_its_parts(tmp_path):
+@pytest.mark.parametrize("bag", [BAG, NB_BAG], ids=["mean-bag", "nb-bag"])
+def test_a_network_trained_apart_keeps_the_lstm_of_a_plain_run_and_records_its_parts(tmp_path, bag):
     from dataclasses import replace
 
     from models.registry import ModelRegistry
     from models.training import fit
 
-    config = LSTM_CONFIG.with_overrides(**BAG, **DEFAULT_LIKE, maxlen=7, bucket_width=2, epochs=2, batch_size=8,
-                                        ngram_epochs=3, ngram_batch_size=16, early_stopping_patience=1)
+    config = LSTM_CONFIG.with_overrides(**{**bag, **DEFAULT_LIKE, "maxlen": 7, "bucket_width": 2, "epochs": 2,
+                                           "batch_size": 8, "ngram_epochs": 3, "ngram_batch_size": 16,
+                                           "early_stopping_patience": 1})
     x = probe_batch(LSTM_VOCAB, 7, n=96, seed=4)
     y = (np.isin(x, [3, 4, 5]).sum(axis=1) > 1).astype(np.float32)
     result = fit(config, LSTM_VOCAB, x[:64], y[:64], x[64:], y[64:])
@@ -259,3 +298,19 @@ def test_the_train_task_logs_the_bag_s_epochs_and_how_the_parts_were_joined(capl
     text = caplog.text
     assert "n-gram bag epoch 1/2: ngram_accuracy=" in text and "epoch 1/1: accuracy=" in text
     assert f"the BiLSTM's logit weighted {result.parts['lstm_weight']:.2f}" in text
+
+
+def test_nb_ratios_are_the_log_count_ratios_of_the_reviews_holding_each_bucket():
+    from models.ngram_bag import nb_ratios
+
+    config = LSTM_CONFIG.with_overrides(**NB_BAG, maxlen=7)
+    x = probe_batch(LSTM_VOCAB, 7, n=64, seed=3)
+    y = (np.isin(x, [3, 4]).sum(axis=1) > 1).astype(np.float32)
+    ids = np.asarray(HashedNgrams(BUCKETS, (1, 2, 3))(x))
+    p, q = np.ones(BUCKETS), np.ones(BUCKETS)
+    for row, label in zip(ids, y):
+        for bucket in set(row.tolist()) - {0}:  # each review counts once per bucket it holds
+            (p if label else q)[bucket] += 1
+    expected = np.log(p / p.sum()) - np.log(q / q.sum())
+    expected[0] = 0.0
+    np.testing.assert_allclose(nb_ratios(config, x, y, batch_size=10), expected, rtol=1e-5, atol=1e-6)

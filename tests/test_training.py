@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Layer 'max_pool':UserWarning")
 
 def tiny(config: TrainConfig, **kw) -> TrainConfig:
     """The same architecture, a few units wide (the n-gram bag a few buckets)."""
-    bag = {"ngram_buckets": 61, "ngram_dim": 3} if config.ngram_buckets else {}
+    bag = {"ngram_buckets": 61} if config.ngram_buckets else {}
     return config.with_overrides(**{"maxlen": 24, "embedding_dim": 6, "lstm_units": 4, **bag, **kw})
 
 
