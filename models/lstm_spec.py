@@ -192,7 +192,7 @@ def _chain(model) -> list:
 def _ngram_branch(model, layers: list) -> list:
     """The n-gram bag's three layers (input -> HashedNgrams -> Embedding(mask_zero) -> MaskedMean or
     MaskedSum), checked; [] when the model has none."""
-    from models.ngram_layers import HashedNgrams, MaskedMean, MaskedSum
+    from models.ngram_layers import HashedNgrams, MaskedSum
 
     starts = [layer for layer in layers if isinstance(layer, HashedNgrams)]
     if not starts:
@@ -202,7 +202,7 @@ def _ngram_branch(model, layers: list) -> list:
     import keras
 
     branch, previous = [], model.inputs[0]
-    for kind in (HashedNgrams, keras.layers.Embedding, (MaskedMean, MaskedSum)):
+    for kind in (HashedNgrams, keras.layers.Embedding, MaskedSum):  # MaskedMean is one too
         users = [layer for layer in layers if layer not in branch and any(
             a is previous for a in layer._inbound_nodes[0].arguments.args)] if branch else starts
         if len(users) != 1 or not isinstance(users[0], kind) or len(users[0]._inbound_nodes) != 1:
@@ -222,14 +222,14 @@ def _ngram_bag(model) -> NgramBag | None:
     branch = _ngram_branch(model, [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)])
     if not branch:
         return None
-    from models.ngram_layers import MaskedSum
+    from models.ngram_layers import MaskedMean
 
     ids, embedding, pool = branch
     table = _np(embedding.embeddings).astype(np.float32)
     if table.shape[0] != ids.buckets:
         _refuse(embedding, f"{table.shape[0]} rows for {ids.buckets} n-gram buckets")
     return NgramBag(ids.buckets, tuple(ids.orders), table, distinct=ids.distinct,
-                    pooling="sum" if isinstance(pool, MaskedSum) else "mean")
+                    pooling="mean" if isinstance(pool, MaskedMean) else "sum")  # MaskedMean is a MaskedSum
 
 
 def describe(model) -> NetworkSpec:

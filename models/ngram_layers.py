@@ -77,27 +77,6 @@ class HashedNgrams(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="reviews")
-class MaskedMean(keras.layers.Layer):
-    """The mean over unmasked steps; a row with none gives 0 (not NaN, as Keras' average pooling)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.supports_masking = True
-
-    def call(self, x, mask=None):
-        if mask is None:
-            return ops.mean(x, axis=1)
-        m = ops.expand_dims(ops.cast(mask, x.dtype), -1)
-        return ops.sum(x * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
-
-    def compute_mask(self, inputs, mask=None):
-        return None
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], input_shape[2])
-
-
-@keras.saving.register_keras_serializable(package="reviews")
 class MaskedSum(keras.layers.Layer):
     """The sum over unmasked steps: a linear model's logit over the n-grams present (the NB bag)."""
 
@@ -115,3 +94,14 @@ class MaskedSum(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="reviews")
+class MaskedMean(MaskedSum):
+    """The mean over unmasked steps; a row with none gives 0 (not NaN, as Keras' average pooling)."""
+
+    def call(self, x, mask=None):
+        if mask is None:
+            return ops.mean(x, axis=1)
+        m = ops.expand_dims(ops.cast(mask, x.dtype), -1)
+        return ops.sum(x * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
