@@ -21,10 +21,11 @@ matrix.  Pooling must then ignore padded steps too:
 
 With ``ngram_buckets`` an n-gram bag branch reads the same token matrix beside the LSTM:
 hashed word n-grams -> ``Embedding(mask_zero)`` -> masked mean (or sum), concatenated with the
-pooled LSTM features before the output (:mod:`models.ngram_layers`, :mod:`models.ngram_bag`).  Its ids depend on the tokens
-only and n-grams touching padding are masked, so it too is exact on length-bucketed batches.
+pooled LSTM features before the output (:mod:`models.ngram_layers`, :mod:`models.ngram_bag`).
+Its ids depend on the tokens only and n-grams touching padding are masked, so it too is exact on
+length-bucketed batches.
 
-Apart from that branch's two registered layer classes, only built-in Keras layers are used, so
+Apart from that branch's registered layer classes, only built-in Keras layers are used, so
 that models load with ``safe_mode=True``; the gate-table ONNX graph serves both.
 """
 
