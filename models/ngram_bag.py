@@ -45,9 +45,9 @@ def nb_ratios(config: TrainConfig, x: np.ndarray, y: np.ndarray, batch_size: int
     negative = np.zeros(config.ngram_buckets, np.float64)
     y = np.asarray(y).reshape(-1) > 0.5
     for start in range(0, len(x), batch_size):
-        rows = np.asarray(ids(x[start:start + batch_size]))
-        for into, chosen in ((positive, rows[y[start:start + batch_size]]), (negative, rows[~y[start:start + batch_size]])):
-            into += np.bincount(chosen.ravel(), minlength=config.ngram_buckets)
+        rows, pos = np.asarray(ids(x[start:start + batch_size])), y[start:start + batch_size]
+        positive += np.bincount(rows[pos].ravel(), minlength=config.ngram_buckets)
+        negative += np.bincount(rows[~pos].ravel(), minlength=config.ngram_buckets)
     p, q = positive + NB_ALPHA, negative + NB_ALPHA
     p[0] = q[0] = NB_ALPHA  # padding's count is meaningless; its row is masked anyway
     ratios = np.log(p / p.sum()) - np.log(q / q.sum())
@@ -87,8 +87,7 @@ def build_bag_model(config: TrainConfig, ratios: np.ndarray | None = None, n_tra
 def served_weights(bag_model) -> dict[str, list[np.ndarray]]:
     """The bag's weights by layer name in the served (joined) network: ``nb``'s factors folded
     into its ratios; the ``ngram_score`` head is left to the join."""
-    names = {layer.name for layer in bag_model.layers}
     table = bag_model.get_layer("ngram_embedding").get_weights()[0]
-    if "ngram_ratio" in names:
+    if any(layer.name == "ngram_ratio" for layer in bag_model.layers):
         table = table * bag_model.get_layer("ngram_ratio").get_weights()[0]
     return {"ngram_embedding": [table.astype(np.float32)]}
